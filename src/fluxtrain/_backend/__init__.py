@@ -1,0 +1,173 @@
+"""The only place that names array libraries.
+
+Generic code asks for ``xp = namespace(*arrays)`` and writes against the array API
+standard. Backend-specific speed lives in :mod:`fluxtrain._backend.fast`, a registry of
+kernels keyed by (operation, backend name), looked up by dispatch.
+
+Nothing here imports torch or JAX at module import time: a backend is touched only when
+the user's arrays come from it.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import array_api_compat as aac
+
+from .._errors import DomainError
+
+__all__ = [
+    "namespace", "asarrays", "backend_name", "is_numpy", "is_torch", "is_jax",
+    "is_array", "is_writeable", "put", "float_dtype", "eps_for", "is_float_dtype",
+    "is_eager", "check_domain", "to_numpy", "device_of",
+]
+
+
+def is_array(x: Any) -> bool:
+    """True for an array of a supported library (not Python scalars, lists or None)."""
+    return aac.is_array_api_obj(x) and not isinstance(x, (bool, int, float, complex))
+
+
+def namespace(*xs: Any):
+    """The array-API namespace shared by the array arguments (non-arrays are ignored).
+
+    NumPy is the default when no argument is an array. Arrays from two libraries raise a
+    ``TypeError`` naming both, instead of a silent conversion.
+    """
+    arrays = [x for x in xs if is_array(x)]
+    if not arrays:
+        return aac.array_namespace(np.empty(0))
+    try:
+        return aac.array_namespace(*arrays)
+    except TypeError:
+        kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrays})
+        raise TypeError(
+            "fluxtrain: arguments mix array libraries (" + ", ".join(kinds) + "); "
+            "convert them to one backend first") from None
+
+
+def asarrays(*xs: Any):
+    """``(xp, arrays)``: lists/tuples become arrays of the namespace the real arrays use.
+
+    Python scalars stay Python scalars (weakly typed, like Julia numbers in Flux's
+    broadcasts); ``None`` stays ``None``.
+    """
+    xp = namespace(*xs)
+    out = []
+    for x in xs:
+        if isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and not is_numpy(xp)):
+            x = xp.asarray(np.asarray(x))
+        out.append(x)
+    return xp, out
+
+
+def backend_name(xp) -> str:
+    """'numpy', 'torch', 'jax' or the namespace's module name."""
+    if aac.is_numpy_namespace(xp):
+        return "numpy"
+    if aac.is_torch_namespace(xp):
+        return "torch"
+    if aac.is_jax_namespace(xp):
+        return "jax"
+    return getattr(xp, "__name__", type(xp).__name__)
+
+
+def is_numpy(xp) -> bool:
+    return aac.is_numpy_namespace(xp)
+
+
+def is_torch(xp) -> bool:
+    return aac.is_torch_namespace(xp)
+
+
+def is_jax(xp) -> bool:
+    return aac.is_jax_namespace(xp)
+
+
+def is_writeable(x: Any) -> bool:
+    """Can ``x`` be updated in place? False for JAX arrays and read-only NumPy arrays."""
+    return aac.is_writeable_array(x)
+
+
+def put(dst: Any, value: Any) -> Any:
+    """Write ``value`` into ``dst`` in place when ``dst`` is writeable, else return ``value``.
+
+    The one helper for the NumPy/torch-mutate vs JAX-rebind difference: callers always
+    use the returned array.
+    """
+    if is_writeable(dst):
+        if "torch" in sys.modules and isinstance(dst, sys.modules["torch"].Tensor):
+            import torch
+            with torch.no_grad():
+                dst.copy_(value)
+        else:
+            dst[...] = value
+        return dst
+    return value
+
+
+def is_float_dtype(dtype, xp) -> bool:
+    return xp.isdtype(dtype, "real floating")
+
+
+def float_dtype(x: Any, xp) -> Any:
+    """Julia's ``float(eltype(x))``: float dtypes stay, integers and bools become float64."""
+    if is_array(x):
+        dt = x.dtype
+        if xp.isdtype(dt, ("real floating", "complex floating")):
+            return dt
+        return xp.float64
+    if isinstance(x, float):
+        return xp.float64
+    return xp.float64
+
+
+def eps_for(dtype, xp) -> float:
+    """Machine epsilon of a float dtype, as a Python float (weak in promotion)."""
+    return float(xp.finfo(dtype).eps)
+
+
+def is_eager(*xs: Any) -> bool:
+    """True when values can be inspected now (NumPy, eager torch, concrete JAX arrays).
+
+    False under ``jax.jit``/``jax.grad`` tracing or torch.compile tracing, where a value
+    check would force a host sync or fail; such code returns NaN instead of raising.
+    """
+    for x in xs:
+        if not is_array(x):
+            continue
+        mod = type(x).__module__
+        if mod.startswith("jax"):
+            import jax
+            if isinstance(x, jax.core.Tracer):
+                return False
+        elif mod.startswith("torch"):
+            import torch
+            if torch.compiler.is_compiling():
+                return False
+    return True
+
+
+def check_domain(bad: Any, message: str, *arrays: Any) -> None:
+    """Raise ``DomainError(message)`` when the boolean array ``bad`` has a True entry.
+
+    Only where the backend runs eagerly (see :func:`is_eager`); traced code skips the
+    check and lets the NaN through.
+    """
+    if not is_eager(bad, *arrays):
+        return
+    xp = namespace(bad)
+    if bool(xp.any(bad)):
+        raise DomainError(message)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A NumPy copy/view of any supported array (detached, on the host)."""
+    if "torch" in sys.modules and isinstance(x, sys.modules["torch"].Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def device_of(x: Any):
+    return aac.device(x)

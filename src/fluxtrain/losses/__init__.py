@@ -1,0 +1,2 @@
+"""fluxtrain.losses"""
+__all__: list[str] = []

@@ -1,0 +1,2 @@
+"""fluxtrain.optimise"""
+__all__: list[str] = []

@@ -1,0 +1,2 @@
+"""fluxtrain.schedules"""
+__all__: list[str] = []

@@ -1,0 +1,2 @@
+"""fluxtrain.train"""
+__all__: list[str] = []

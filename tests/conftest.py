@@ -1,0 +1,38 @@
+"""One fixture runs every backend: NumPy, PyTorch, JAX and JAX under ``jax.jit``.
+
+A backend whose library is not installed is reported as skipped, never as failed.
+"""
+from __future__ import annotations
+
+import pytest
+
+from tests.util import Backend, HAVE_JAX, HAVE_TORCH
+
+_ALL = ["numpy", "torch", "jax", "jax-jit"]
+
+
+def _make(name: str) -> Backend:
+    lib = "jax" if name.startswith("jax") else name
+    if lib == "torch" and not HAVE_TORCH:
+        pytest.skip("PyTorch is not installed")
+    if lib == "jax" and not HAVE_JAX:
+        pytest.skip("JAX is not installed")
+    return Backend(name, jit=(name == "jax-jit"))
+
+
+@pytest.fixture(params=_ALL)
+def backend(request) -> Backend:
+    """Every backend, jitted JAX included."""
+    return _make(request.param)
+
+
+@pytest.fixture(params=["numpy", "torch", "jax"])
+def eager_backend(request) -> Backend:
+    """Every backend without jit (for in-place updates and value checks)."""
+    return _make(request.param)
+
+
+@pytest.fixture(params=["torch", "jax", "jax-jit"])
+def ad_backend(request) -> Backend:
+    """The backends that can differentiate."""
+    return _make(request.param)
