@@ -1,2 +1,5 @@
 """fluxtrain.train"""
+from .gradient import WithGradient, gradient, withgradient
+
 __all__: list[str] = []
+__all__ += ["gradient", "withgradient", "WithGradient"]
