@@ -170,8 +170,8 @@ def softplus(x: Any) -> Any:
     (the same numbers as NNlib's two-branch form, no overflow).
 
     >>> import numpy as np
-    >>> softplus(np.array([0.0, 1000.0]))
-    array([   0.69314718, 1000.        ])
+    >>> softplus(np.array([0.0, 1000.0])).tolist()
+    [0.6931471805599453, 1000.0]
     """
     xp, x = _prep(x, "softplus")
     pos = xp.where(x >= 0, x, xp.zeros_like(x))
@@ -182,8 +182,8 @@ def logsigmoid(x: Any) -> Any:
     """NNlib's ``logσ``: ``-softplus(-x)``, finite for large negative ``x``.
 
     >>> import numpy as np
-    >>> logsigmoid(np.array([0.0, -1000.0]))
-    array([-6.93147181e-01, -1.00000000e+03])
+    >>> logsigmoid(np.array([0.0, -1000.0])).tolist()
+    [-0.6931471805599453, -1000.0]
     """
     xp, x = _prep(x, "logsigmoid")
     native = fast.lookup("logsigmoid", xp)
@@ -230,8 +230,8 @@ def xlogx(x: Any) -> Any:
 
     >>> float(xlogx(0))
     0.0
-    >>> round(float(xlogx(2)), 12)
-    1.386294361120
+    >>> float(xlogx(2))
+    1.3862943611198906
     """
     xp, (x,) = asarrays(x)
     x = to_float(x, xp)
