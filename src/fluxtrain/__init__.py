@@ -16,7 +16,11 @@ from .train import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
+# ``train`` is both a subpackage and Flux's ``train`` function; the star import above binds
+# the function, so the subpackage's names are read from sys.modules.
+import sys as _sys
+
 __all__ = (
     ["ArgumentError", "DimensionMismatch", "DomainError", "losses", "optimise", "schedules", "train"]
-    + losses.__all__ + optimise.__all__ + schedules.__all__ + train.__all__
+    + losses.__all__ + optimise.__all__ + schedules.__all__ + _sys.modules[__name__ + ".train"].__all__
 )

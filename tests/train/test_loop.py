@@ -1,0 +1,241 @@
+"""``train`` / ``trainstep``: Flux's ``train!`` doctest on PyTorch and JAX, and its rules."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import warnings
+
+import numpy as np
+import pytest
+
+from fluxtrain import (ArgumentError, Descent, DomainError, Momentum, Adam, gradient, setup, train,
+                       trainstep, update_, withgradient)
+from tests.util import HAVE_JAX, HAVE_TORCH
+
+REF = pathlib.Path(__file__).resolve().parents[3] / "shared" / "reference" / "flux-vectors.json"
+
+if HAVE_TORCH:
+    import torch
+if HAVE_JAX:
+    import jax
+    import jax.numpy as jnp
+
+
+def _reference() -> dict:
+    if not REF.exists():
+        pytest.skip("flux-vectors.json not available")
+    (e,) = [e for e in json.loads(REF.read_text()) if e["fn"] == "Flux.train!"]
+    return e
+
+
+# --------------------------------------------------------------------------------------
+# The train! doctest: Dense(2 => 1, leakyrelu; init=ones), Momentum(0.1), two items.
+# Python layout: weight (1, 2) as in Flux (out x in), x a vector of 2.
+# --------------------------------------------------------------------------------------
+
+def _dense_torch(dtype):
+    lin = torch.nn.Linear(2, 1).to(dtype)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+        lin.bias.zero_()
+    x1, y1 = torch.tensor([0.2, -0.3], dtype=dtype), torch.tensor([0.4], dtype=dtype)
+
+    def loss(m, x, y):
+        return (torch.nn.functional.leaky_relu(m(x), 0.01) - y).abs().sum() * 100
+    return lin, x1, y1, loss, lambda m: (m.weight, m.bias), lambda s: (s["weight"].state, s["bias"].state)
+
+
+def _dense_jax(dtype):
+    model = {"weight": jnp.ones((1, 2), dtype=dtype), "bias": jnp.zeros(1, dtype=dtype), "act": "leakyrelu"}
+    x1, y1 = jnp.asarray([0.2, -0.3], dtype=dtype), jnp.asarray([0.4], dtype=dtype)
+
+    def loss(m, x, y):
+        z = m["weight"] @ x + m["bias"]
+        return jnp.abs(jnp.where(z > 0, z, 0.01 * z) - y).sum() * 100
+    return model, x1, y1, loss, lambda m: (m["weight"], m["bias"]), lambda s: (s["weight"].state, s["bias"].state)
+
+
+LIBS = [pytest.param("torch", marks=pytest.mark.skipif(not HAVE_TORCH, reason="no torch")),
+        pytest.param("jax", marks=pytest.mark.skipif(not HAVE_JAX, reason="no jax"))]
+
+
+def _make(lib, dtype_name):
+    if lib == "torch":
+        return _dense_torch(getattr(torch, dtype_name))
+    return _dense_jax(getattr(jnp, dtype_name))
+
+
+def _np(x):
+    from fluxtrain._backend import to_numpy
+    return to_numpy(x)
+
+
+@pytest.mark.parametrize("lib", LIBS)
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-6), ("float64", 1e-12)])
+def test_train_doctest(lib, dtype, rtol):
+    exp = _reference()["expected"]
+    model, x1, y1, loss, params, mom = _make(lib, dtype)
+    state = setup(Momentum(0.1), model)
+    out = train(loss, model, [(x1, y1), (x1, y1)], state, progress=False)
+    assert isinstance(out, tuple) and len(out) == 2
+    state, model = out
+    w, b = params(model)
+    vw, vb = mom(state)
+    assert str(_np(b).dtype) == dtype
+    np.testing.assert_allclose(_np(b), exp["bias_after"], rtol=rtol)
+    np.testing.assert_allclose(_np(w), exp["weight_after"], rtol=rtol)
+    np.testing.assert_allclose(_np(vw), exp["momentum_state_weight"], rtol=rtol)
+    np.testing.assert_allclose(_np(vb), exp["momentum_state_bias"], rtol=rtol)
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_trainstep_losses_and_hand_written_loop_agree(lib):
+    exp = _reference()["expected"]
+    # trainstep: losses 40.1 then 38.7
+    model, x1, y1, loss, params, mom = _make(lib, "float64")
+    state = setup(Momentum(0.1), model)
+    losses = [float(trainstep(loss, model, (x1, y1), state)) for _ in range(2)]
+    np.testing.assert_allclose(losses, exp["losses_per_step"], rtol=1e-12)
+    np.testing.assert_allclose(_np(params(model)[0]), exp["weight_after"], rtol=1e-12)
+    # the hand-written loop: withgradient + update_, the documented first-class path
+    model2, x1, y1, loss, params, mom = _make(lib, "float64")
+    state2 = setup(Momentum(0.1), model2)
+    hand = []
+    for x, y in [(x1, y1), (x1, y1)]:
+        val, (g,) = withgradient(lambda m: loss(m, x, y), model2)
+        state2, model2 = update_(state2, model2, g)
+        hand.append(float(val))
+    assert hand == losses
+    for a, b in zip(params(model), params(model2)):
+        np.testing.assert_array_equal(_np(a), _np(b))
+    for a, b in zip(mom(state), mom(state2)):
+        np.testing.assert_array_equal(_np(a), _np(b))
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_nonfinite_loss_stops_with_last_good_values(lib):
+    model, x1, y1, loss, params, mom = _make(lib, "float64")
+    state = setup(Momentum(0.1), model)
+    bad_x = x1 * float("nan")
+    with pytest.raises(DomainError, match=r"^Loss is nan on data item 2, stopping training$") as ei:
+        train(loss, model, [(x1, y1), (bad_x, y1), (x1, y1)], state, progress=False)
+    # exactly one good step happened: weight 1 + [0.02, -0.03]
+    model = ei.value.model
+    np.testing.assert_allclose(_np(params(model)[0]), [[1.02, 0.97]], rtol=1e-12)
+    np.testing.assert_allclose(_np(mom(ei.value.state)[0]), [[-0.02, 0.03]], rtol=1e-12)
+    assert not np.isnan(_np(params(model)[1])).any()
+    # trainstep: no exception, update skipped
+    before = [_np(p).copy() for p in params(model)]
+    val = trainstep(loss, model, (bad_x, y1), ei.value.state)
+    assert math.isnan(float(val))
+    for a, p in zip(before, params(model)):
+        np.testing.assert_array_equal(a, _np(p))
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_inf_loss_message(lib):
+    model, x1, y1, loss, params, mom = _make(lib, "float64")
+    with pytest.raises(DomainError, match=r"Loss is inf on data item 1"):
+        train(lambda m, x: loss(m, x, y1) * float("inf"), model, [x1], setup(Descent(), model), progress=False)
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_aux_output_and_non_tuple_batches(lib):
+    model, x1, y1, loss, params, mom = _make(lib, "float64")
+    state = setup(Momentum(0.1), model)
+    seen = []
+
+    def loss_aux(m, batch):  # a dict batch is passed whole, aux output ignored
+        seen.append(sorted(batch))
+        return loss(m, batch["x"], batch["y"]), {"note": "aux"}
+
+    state, model = train(loss_aux, model, [{"x": x1, "y": y1}] * 2, state, progress=False)
+    assert seen == [["x", "y"], ["x", "y"]]
+    np.testing.assert_allclose(_np(params(model)[1]), [10.19], rtol=1e-12)
+    val = trainstep(loss_aux, model, {"x": x1, "y": y1}, state)
+    assert val[1] == {"note": "aux"}
+
+
+@pytest.mark.parametrize("lib", LIBS)
+def test_bare_rule_makes_temporary_state(lib):
+    model, x1, y1, loss, params, mom = _make(lib, "float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Descent keeps no state: no warning
+        train(loss, model, [(x1, y1)], Descent(0.1), progress=False)
+    model, x1, y1, loss, params, mom = _make(lib, "float64")
+    with pytest.warns(UserWarning, match="Momentum has state which will be discarded"):
+        _, model = train(loss, model, [(x1, y1), (x1, y1)], Momentum(0.1), progress=False)
+    np.testing.assert_allclose(_np(params(model)[1]), [10.19], rtol=1e-12)
+
+
+def test_errors():
+    model = {"w": np.ones(2)}
+    with pytest.raises(ArgumentError, match="does not support callback"):
+        train(lambda m, x: 0.0, model, [], setup(Descent(), model), cb=print)
+    with pytest.raises(ArgumentError, match="setup"):
+        trainstep(lambda m, x: 0.0, model, 1.0, Descent())
+    with pytest.raises(ArgumentError, match="rule instance"):
+        train(lambda m, x: 0.0, model, [], Descent)
+
+
+@pytest.mark.skipif(not HAVE_JAX, reason="no jax")
+def test_immutable_jax_model():
+    model = (jnp.asarray([1.0, 2.0]),)  # a tuple: cannot change in place
+    state = setup(Descent(0.5), model)
+    with pytest.raises(ArgumentError, match="cannot be updated in place"):
+        trainstep(lambda m, x: (m[0] * x).sum(), model, (jnp.ones(2),), state)
+    np.testing.assert_array_equal(np.asarray(state[0].state if state[0].state is not None else 0), 0)
+    state, new = train(lambda m, x: (m[0] * x).sum(), model, [(jnp.ones(2),)], state, progress=False)
+    np.testing.assert_allclose(np.asarray(new[0]), [0.5, 1.5])
+    np.testing.assert_array_equal(np.asarray(model[0]), [1.0, 2.0])  # the caller's tuple is untouched
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="no torch")
+def test_torch_module_trainmode_and_grad_untouched():
+    m = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.0), torch.nn.Linear(3, 1))
+    m.eval()
+    state = setup(Adam(0.01), m)
+    x, y = torch.randn(4, 3), torch.randn(4, 1)
+    before = [p.detach().clone() for p in m.parameters()]
+    state, m2 = train(lambda m, x, y: ((m(x) - y) ** 2).mean(), m, [(x, y)] * 3, state, progress=False)
+    assert m2 is m and m.training and m[1].training  # Flux 0.16.11: trainmode! persists
+    assert all(p.grad is None for p in m.parameters())
+    assert all(not torch.equal(a, p) for a, p in zip(before, m.parameters()))
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="no torch")
+def test_progress_bar_without_tqdm(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name.startswith("tqdm"):
+            raise ImportError("no tqdm")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    model, x1, y1, loss, params, mom = _make("torch", "float64")
+    train(loss, model, [(x1, y1)], setup(Momentum(0.1), model), progress=True)
+    np.testing.assert_allclose(_np(params(model)[1]), [0.1], rtol=1e-12)
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="no torch")
+def test_progress_bar_runs(capsys):
+    pytest.importorskip("tqdm")
+    model, x1, y1, loss, params, mom = _make("torch", "float64")
+    train(loss, model, [(x1, y1)] * 2, setup(Momentum(0.1), model), progress=True)
+    np.testing.assert_allclose(_np(params(model)[1]), [10.19], rtol=1e-12)
+
+
+def test_gradient_is_the_one_used():
+    # guard: the loop's gradient is exactly gradient(): a quadratic bowl converges
+    if not HAVE_TORCH:
+        pytest.skip("no torch")
+    w = {"w": torch.tensor([3.0, -2.0], dtype=torch.float64)}
+    state = setup(Descent(0.25), w)
+    target = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    for _ in range(60):
+        state, w = train(lambda m, t: ((m["w"] - t) ** 2).sum(), w, [(target,)], state, progress=False)
+    g = gradient(lambda m: ((m["w"] - target) ** 2).sum(), w)[0]["w"]
+    assert float(g.abs().max()) < 1e-10
