@@ -8,6 +8,29 @@ name) and a backend name ('numpy', 'torch', 'jax'). Generic code calls
 Kernel modules live next to this file (``fast_numpy.py``, ``fast_torch.py``,
 ``fast_jax.py``) and are imported lazily, the first time a backend is looked up, so that
 ``import fluxtrain`` never imports torch or JAX.
+
+Optimiser kernels (key ``("update_", RuleClass)``)
+---------------------------------------------------
+The optimiser walker (:func:`fluxtrain.optimise.interface.apply_group`, its only dispatch
+point) groups the trainable arrays of one step by (rule type, array type, dtype, device)
+and, per group, calls::
+
+    kernel(rules, states, xs, gs, *, inplace) -> list[(new_state, delta)] | NotImplemented
+
+* ``rules``: the ``Leaf.rule`` of each array (same class, hyper-parameters may differ);
+* ``states``: each ``Leaf.state`` (the structure ``rule.init`` returns);
+* ``xs``: the parameter arrays; ``gs``: gradients, already summed over tied arrays,
+  checked for shape and converted to ``x.dtype``;
+* ``inplace``: True from ``update_`` — the kernel MAY then write the new state into the
+  state arrays and the new parameter into ``x`` (return ``delta = Replace(x)``, see
+  :mod:`fluxtrain.optimise.base`), but must validate everything before mutating anything.
+  False from ``update`` (and always for JAX): inputs must not be mutated.
+* returns one ``(new_state, delta)`` per array, exactly what ``rule.apply`` would return
+  (``delta`` an array to subtract, ``None``, ``Masked`` or ``Replace``), or
+  ``NotImplemented`` to fall back to the reference loop ``[r.apply(s, x, g) ...]``.
+
+Results must equal the reference loop (bit for bit where the backend allows; tests compare
+against ``with fast.disabled():``).
 """
 from __future__ import annotations
 

@@ -14,6 +14,9 @@ from .rules_adaptive import AdaBelief, AdaMax, Adam, AdamW, AMSGrad, NAdam, OAda
 from .composite import AccumGrad, MixedPrecision, OptimiserChain
 from .tree import Leaf, module_tree
 from .interface import adjust, adjust_, freeze_, setup, thaw_, update, update_
+from .io import flatten_state, load_state, save_state, unflatten_state
+from .deprecated import (OLD_NAMES, SGD, ADAM, NADAM, ADAMW, RADAM, OADAM, ADAGrad, ADADelta,
+                         ClipValue, Optimiser)
 
 RULES: dict[str, type] = {c.__name__: c for c in (
     Descent, Momentum, Nesterov, RMSProp, Adam, RAdam, AdaMax, OAdam, AdaGrad, AdaDelta, AMSGrad,
@@ -23,5 +26,6 @@ RULES: dict[str, type] = {c.__name__: c for c in (
 
 __all__ = [
     "Rule", "Leaf", "RULES", "setup", "update", "update_", "adjust", "adjust_", "freeze_", "thaw_",
-    "module_tree", *RULES,
+    "module_tree", "flatten_state", "unflatten_state", "save_state", "load_state", "OLD_NAMES",
+    *RULES, *OLD_NAMES,
 ]
