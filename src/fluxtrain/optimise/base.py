@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._backend import device_of, is_eager, is_jax, namespace
+from .._backend import device_of, is_array, is_eager, is_jax, namespace
 from .._errors import ArgumentError, DomainError
 
 __all__ = ["Rule", "Masked", "Replace", "caster", "eps_cast", "scalar", "zeros", "full", "tree_where"]
@@ -74,6 +74,8 @@ class _Caster:
         self.dtype = dtype
 
     def __call__(self, v: Any) -> float:
+        if is_array(v):  # a traced hyper-parameter (a Scheduler rule under jax.jit)
+            return namespace(v).astype(v, _np_dtype(str(self.dtype)))
         return float(self.type(v))
 
 

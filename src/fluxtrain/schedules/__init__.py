@@ -8,6 +8,7 @@ from .decay import Exp, Inv, Poly, Step
 from .cyclic import CosAnneal, Sin, SinDecay2, SinExp, Triangle, TriangleDecay2, TriangleExp
 from .complex import (ComposedSchedule, Constant, Interpolator, Loop, OneCycle, Sequence,
                       Shifted, Stateful, next_, reset_)
+from .scheduler import Scheduler, SchedulerState
 
 __all__ = [
     "Schedule", "ScheduleBoundsError",
@@ -15,4 +16,5 @@ __all__ = [
     "Triangle", "TriangleDecay2", "TriangleExp", "Sin", "SinDecay2", "SinExp", "CosAnneal",
     "Sequence", "Loop", "Interpolator", "Shifted", "ComposedSchedule", "OneCycle", "Constant",
     "Stateful", "next_", "reset_",
+    "Scheduler", "SchedulerState",
 ]
