@@ -15,15 +15,18 @@ inputs keep their dtype (float32 in, float32 out).
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from typing import Any
+
+import numpy as np
 
 from . import asarrays, check_domain, is_array, is_eager, namespace
 from . import fast
 
 __all__ = [
-    "to_float", "stop_gradient", "softmax", "logsoftmax", "logsumexp", "sigmoid",
+    "quiet", "to_float", "as_result", "stop_gradient", "softmax", "logsoftmax", "logsumexp", "sigmoid",
     "logsigmoid", "softplus", "xlogy", "xlogx",
 ]
 
@@ -31,6 +34,17 @@ Axis = "int | tuple[int, ...] | None"
 
 _NEG_LOG_MSG = ("log was called with a negative real argument "
                 "(Julia's DomainError; use complex numbers for a complex result)")
+
+
+def quiet(fn):
+    """Decorator: NumPy computes log(0) = -Inf, Inf - Inf = NaN, ... without
+    RuntimeWarnings, as Julia does (these values are documented results, and negative
+    logs are reported by DomainError instead). No effect on other backends."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def to_float(x: Any, xp, dtype: Any = None) -> Any:
@@ -47,6 +61,14 @@ def to_float(x: Any, xp, dtype: Any = None) -> Any:
     if xp.isdtype(x.dtype, ("real floating", "complex floating")):
         return x
     return xp.astype(x, xp.float64 if dtype is None else dtype)
+
+
+def as_result(x: Any) -> Any:
+    """A NumPy scalar (what NumPy's reductions of 0-d maths return) as a 0-d array, so
+    every backend returns arrays; other values unchanged."""
+    if isinstance(x, np.generic):
+        return np.asarray(x)
+    return x
 
 
 def stop_gradient(x: Any) -> Any:
@@ -78,6 +100,7 @@ def _shifted(x: Any, xp, axis) -> Any:
     return xp.where(inf_max, xp.where(x == math.inf, xp.zeros_like(d), xp.full_like(d, -math.inf)), d)
 
 
+@quiet
 def softmax(x: Any, axis: int | tuple[int, ...] | None = -1) -> Any:
     """NNlib's ``softmax(x; dims)``: ``exp.(x .- max) ./ sum(exp.(x .- max); dims)``.
 
@@ -96,9 +119,10 @@ def softmax(x: Any, axis: int | tuple[int, ...] | None = -1) -> Any:
         if out is not None:
             return out
     e = xp.exp(_shifted(x, xp, axis))
-    return e / xp.sum(e, axis=axis, keepdims=True)
+    return as_result(e / xp.sum(e, axis=axis, keepdims=True))
 
 
+@quiet
 def logsoftmax(x: Any, axis: int | tuple[int, ...] | None = -1) -> Any:
     """NNlib's ``logsoftmax(x; dims)``: ``(x .- max) .- log.(sum(exp.(x .- max); dims))``.
 
@@ -116,9 +140,10 @@ def logsoftmax(x: Any, axis: int | tuple[int, ...] | None = -1) -> Any:
         if out is not None:
             return out
     d = _shifted(x, xp, axis)
-    return d - xp.log(xp.sum(xp.exp(d), axis=axis, keepdims=True))
+    return as_result(d - xp.log(xp.sum(xp.exp(d), axis=axis, keepdims=True)))
 
 
+@quiet
 def logsumexp(x: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Any:
     """NNlib's ``logsumexp(x; dims = :)``: ``max + log(sum(exp(x - max)))``, stable.
 
@@ -140,7 +165,7 @@ def logsumexp(x: Any, axis: int | tuple[int, ...] | None = None, keepdims: bool 
             out = xp.reshape(out, ())
         else:
             out = xp.squeeze(out, axis=axis)
-    return out
+    return as_result(out)
 
 
 def _neg_abs(x: Any, xp) -> Any:
@@ -149,6 +174,7 @@ def _neg_abs(x: Any, xp) -> Any:
     return xp.where(x >= 0, -x, x)
 
 
+@quiet
 def sigmoid(x: Any) -> Any:
     """NNlib's ``σ``: ``1/(1+exp(-x))``, evaluated stably with ``t = exp(-|x|)`` as
     ``1/(1+t)`` for ``x >= 0`` and ``t/(1+t)`` otherwise (elementwise).
@@ -162,9 +188,10 @@ def sigmoid(x: Any) -> Any:
     if native is not None:
         return native(x)
     t = xp.exp(_neg_abs(x, xp))
-    return xp.where(x >= 0, 1 / (1 + t), t / (1 + t))
+    return as_result(xp.where(x >= 0, 1 / (1 + t), t / (1 + t)))
 
 
+@quiet
 def softplus(x: Any) -> Any:
     """NNlib's ``softplus``: ``log(1+exp(x))`` as ``max(x, 0) + log1p(exp(-|x|))``
     (the same numbers as NNlib's two-branch form, no overflow).
@@ -175,9 +202,10 @@ def softplus(x: Any) -> Any:
     """
     xp, x = _prep(x, "softplus")
     pos = xp.where(x >= 0, x, xp.zeros_like(x))
-    return pos + xp.log1p(xp.exp(_neg_abs(x, xp)))
+    return as_result(pos + xp.log1p(xp.exp(_neg_abs(x, xp))))
 
 
+@quiet
 def logsigmoid(x: Any) -> Any:
     """NNlib's ``logσ``: ``-softplus(-x)``, finite for large negative ``x``.
 
@@ -189,7 +217,7 @@ def logsigmoid(x: Any) -> Any:
     native = fast.lookup("logsigmoid", xp)
     if native is not None:
         return native(x)
-    return -softplus(-x)
+    return as_result(-softplus(-x))
 
 
 def _xlogy(x: Any, y: Any, xp, what: str = "y") -> Any:
@@ -205,6 +233,7 @@ def _xlogy(x: Any, y: Any, xp, what: str = "y") -> Any:
     return x * xp.log(y_safe)
 
 
+@quiet
 def xlogy(x: Any, y: Any) -> Any:
     """Flux's ``xlogy(x, y)``: ``x * log(y)``, but 0 wherever ``x == 0`` (even when
     ``log(y)`` is -Inf or NaN).
@@ -222,9 +251,10 @@ def xlogy(x: Any, y: Any) -> Any:
     xp, (x, y) = asarrays(x, y)
     y = to_float(y, xp)
     x = to_float(x, xp, y.dtype) if not xp.isdtype(y.dtype, "complex floating") else x
-    return _xlogy(x, y, xp)
+    return as_result(_xlogy(x, y, xp))
 
 
+@quiet
 def xlogx(x: Any) -> Any:
     """Flux's ``xlogx(x) = xlogy(x, x)``: ``x * log(x)``, 0 at ``x == 0``.
 
@@ -235,7 +265,7 @@ def xlogx(x: Any) -> Any:
     """
     xp, (x,) = asarrays(x)
     x = to_float(x, xp)
-    return _xlogy(x, x, xp, "x")
+    return as_result(_xlogy(x, x, xp, "x"))
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from .._backend import asarrays, check_domain, is_array, is_eager
-from .._backend.math import _xlogy, logsigmoid, logsoftmax, to_float
+from .._backend.math import _xlogy, as_result, logsigmoid, logsoftmax, to_float
 from .._errors import ArgumentError
+from .._backend.math import quiet
 from .utils import Agg, aggregate, check_agg, default_eps, float_param, prepare
 
 __all__ = [
@@ -49,6 +50,7 @@ def _pow(x: Any, gamma: Any) -> Any:
     return x ** gamma
 
 
+@quiet
 def crossentropy(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean", eps: Any = None) -> Any:
     """Cross entropy of probabilities ŷ against targets y (Flux's ``crossentropy``).
 
@@ -75,6 +77,7 @@ def crossentropy(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean", ep
     return aggregate(-xp.sum(terms, axis=axis, keepdims=True), agg, xp)
 
 
+@quiet
 def logitcrossentropy(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean") -> Any:
     """Cross entropy on logits (Flux's ``logitcrossentropy``): ``crossentropy(softmax(ŷ), y)``
     computed stably.
@@ -102,6 +105,7 @@ def logitcrossentropy(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean
     return aggregate(-xp.sum(prod, axis=axis, keepdims=True), agg, xp)
 
 
+@quiet
 def binarycrossentropy(yhat: Any, y: Any, /, *, agg: Agg = "mean", eps: Any = None) -> Any:
     """Binary cross entropy of probabilities (Flux's ``binarycrossentropy``), elementwise.
 
@@ -123,6 +127,7 @@ def binarycrossentropy(yhat: Any, y: Any, /, *, agg: Agg = "mean", eps: Any = No
     return aggregate(-a - b, agg, xp)
 
 
+@quiet
 def logitbinarycrossentropy(yhat: Any, y: Any, /, *, agg: Agg = "mean") -> Any:
     """Binary cross entropy on logits (Flux's ``logitbinarycrossentropy``), elementwise.
 
@@ -138,6 +143,7 @@ def logitbinarycrossentropy(yhat: Any, y: Any, /, *, agg: Agg = "mean") -> Any:
     return aggregate((1 - y) * yhat - logsigmoid(yhat), agg, xp)
 
 
+@quiet
 def kldivergence(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean", eps: Any = None) -> Any:
     """Kullback-Leibler divergence KL(y ‖ ŷ) (Flux's ``kldivergence``).
 
@@ -159,9 +165,10 @@ def kldivergence(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean", ep
     xp, yhat_, y_, _ = prepare(yhat, y)
     yf = to_float(y_, xp)
     entropy = aggregate(xp.sum(_xlogy(yf, yf, xp, "kldivergence: y"), axis=axis, keepdims=True), agg, xp)
-    return entropy + crossentropy(yhat_, y_, axis=axis, agg=agg, eps=eps)
+    return as_result(entropy + crossentropy(yhat_, y_, axis=axis, agg=agg, eps=eps))
 
 
+@quiet
 def binary_focal_loss(yhat: Any, y: Any, /, *, agg: Agg = "mean", gamma: Any = 2, eps: Any = None) -> Any:
     """Binary focal loss (Flux's ``binary_focal_loss``, Lin et al. 2017), elementwise.
 
@@ -191,6 +198,7 @@ def binary_focal_loss(yhat: Any, y: Any, /, *, agg: Agg = "mean", gamma: Any = 2
     return aggregate(ce if w is None else w * ce, agg, xp)
 
 
+@quiet
 def focal_loss(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean", gamma: Any = 2,
                eps: Any = None, ϵ: Any = None, γ: Any = None) -> Any:
     """Multi-class focal loss (Flux's ``focal_loss``, Lin et al. 2017).
@@ -220,6 +228,7 @@ def focal_loss(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean", gamm
     return aggregate(xp.sum(t * xp.log(ye), axis=axis, keepdims=True), agg, xp)
 
 
+@quiet
 def label_smoothing(y: Any, alpha: Any, /, *, axis: int | None = -1) -> Any:
     """Label smoothing of one-hot (``axis=-1``) or binary (``axis=None``) targets
     (Flux's ``label_smoothing``, with ``dims=1`` ↔ ``axis=-1`` and ``dims=0`` ↔ ``axis=None``).
@@ -258,6 +267,6 @@ def label_smoothing(y: Any, alpha: Any, /, *, axis: int | None = -1) -> Any:
     y = to_float(y, xp, dt) if is_array(y) else xp.asarray(float(y), dtype=dt)
     a = xp.asarray(alpha, dtype=dt) if not is_array(alpha) or isinstance(alpha, np.generic) else xp.astype(alpha, dt)
     if axis is None:
-        return y * (1 - a) + a * 0.5
+        return as_result(y * (1 - a) + a * 0.5)
     n = y.shape[-1] if y.ndim >= 1 else 1
-    return y * (1 - a) + a * xp.asarray(1 / n, dtype=dt)
+    return as_result(y * (1 - a) + a * xp.asarray(1 / n, dtype=dt))

@@ -7,6 +7,7 @@ from typing import Any
 
 from .._backend import is_eager
 from .._errors import DomainError
+from .._backend.math import quiet
 from .utils import Agg, aggregate, check_agg, prepare
 
 __all__ = ["hinge_loss", "squared_hinge_loss", "siamese_contrastive_loss"]
@@ -17,6 +18,7 @@ def _relu(x: Any, xp) -> Any:
     return xp.maximum(x, xp.zeros_like(x))
 
 
+@quiet
 def hinge_loss(yhat: Any, y: Any, /, *, agg: Agg = "mean") -> Any:
     """Hinge loss for labels y in {-1, +1} (Flux's ``hinge_loss``), elementwise.
 
@@ -36,6 +38,7 @@ def hinge_loss(yhat: Any, y: Any, /, *, agg: Agg = "mean") -> Any:
     return aggregate(_relu(1 - yhat * y, xp), agg, xp)
 
 
+@quiet
 def squared_hinge_loss(yhat: Any, y: Any, /, *, agg: Agg = "mean") -> Any:
     """Squared hinge loss for labels y in {-1, +1} (Flux's ``squared_hinge_loss``).
 
@@ -51,6 +54,7 @@ def squared_hinge_loss(yhat: Any, y: Any, /, *, agg: Agg = "mean") -> Any:
     return aggregate(m * m, agg, xp)
 
 
+@quiet
 def siamese_contrastive_loss(yhat: Any, y: Any, /, *, agg: Agg = "mean", margin: Any = 1) -> Any:
     """Contrastive loss for siamese networks (Flux's ``siamese_contrastive_loss``).
 

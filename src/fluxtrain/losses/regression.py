@@ -6,6 +6,7 @@ from typing import Any
 
 from .._backend import check_domain
 from .._backend.math import _xlogy
+from .._backend.math import quiet
 from .utils import Agg, aggregate, check_agg, default_eps, float_param, prepare
 
 __all__ = ["mae", "mse", "msle", "huber_loss", "poisson_loss"]
@@ -13,6 +14,7 @@ __all__ = ["mae", "mse", "msle", "huber_loss", "poisson_loss"]
 _NEG_LOG = "log was called with a negative real argument"
 
 
+@quiet
 def mae(yhat: Any, y: Any, /, *, agg: Agg = "mean") -> Any:
     """Mean absolute error (Flux's ``mae``).
 
@@ -30,6 +32,7 @@ def mae(yhat: Any, y: Any, /, *, agg: Agg = "mean") -> Any:
     return aggregate(xp.abs(yhat - y), agg, xp)
 
 
+@quiet
 def mse(yhat: Any, y: Any, /, *, agg: Agg = "mean") -> Any:
     """Mean squared error (Flux's ``mse``).
 
@@ -51,6 +54,7 @@ def mse(yhat: Any, y: Any, /, *, agg: Agg = "mean") -> Any:
     return aggregate(sq, agg, xp)
 
 
+@quiet
 def msle(yhat: Any, y: Any, /, *, agg: Agg = "mean", eps: Any = None) -> Any:
     """Mean squared logarithmic error (Flux's ``msle``); penalises under-estimation more.
 
@@ -73,6 +77,7 @@ def msle(yhat: Any, y: Any, /, *, agg: Agg = "mean", eps: Any = None) -> Any:
     return aggregate(lr * lr, agg, xp)
 
 
+@quiet
 def huber_loss(yhat: Any, y: Any, /, *, agg: Agg = "mean", delta: Any = 1) -> Any:
     """Huber loss (Flux's ``huber_loss``), quadratic for small errors, linear beyond.
 
@@ -100,6 +105,7 @@ def huber_loss(yhat: Any, y: Any, /, *, agg: Agg = "mean", delta: Any = 1) -> An
     return aggregate(q + lin, agg, xp)
 
 
+@quiet
 def poisson_loss(yhat: Any, y: Any, /, *, agg: Agg = "mean") -> Any:
     """Poisson loss (Flux's ``poisson_loss``) for count data; ŷ is the predicted rate.
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._backend.math import as_result
+from .._backend.math import quiet
 from .utils import float_param, prepare
 
 __all__ = ["dice_coeff_loss", "tversky_loss"]
 
 
+@quiet
 def dice_coeff_loss(yhat: Any, y: Any, /, *, smooth: Any = 1) -> Any:
     """Dice coefficient loss (Flux's ``dice_coeff_loss``, Milletari et al. 2016).
 
@@ -23,9 +26,10 @@ def dice_coeff_loss(yhat: Any, y: Any, /, *, smooth: Any = 1) -> Any:
     """
     xp, yhat, y, _ = prepare(yhat, y)
     s = float_param(smooth, yhat, xp)
-    return 1 - (2 * xp.sum(y * yhat) + s) / (xp.sum(y * y) + xp.sum(yhat * yhat) + s)
+    return as_result(1 - (2 * xp.sum(y * yhat) + s) / (xp.sum(y * y) + xp.sum(yhat * yhat) + s))
 
 
+@quiet
 def tversky_loss(yhat: Any, y: Any, /, *, beta: Any = 0.7, β: Any = None) -> Any:
     """Tversky loss (Flux's ``tversky_loss``, Salehi et al. 2017); ``beta=0.5`` is dice.
 
@@ -46,4 +50,4 @@ def tversky_loss(yhat: Any, y: Any, /, *, beta: Any = 0.7, β: Any = None) -> An
     tp = y * yhat
     num = xp.sum(tp) + 1
     den = xp.sum(tp + (b * (1 - y)) * yhat + ((1 - b) * y) * (1 - yhat)) + 1
-    return 1 - num / den
+    return as_result(1 - num / den)

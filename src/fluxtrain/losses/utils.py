@@ -8,7 +8,7 @@ import numpy as np
 from typing import Any, Callable, Union
 
 from .._backend import asarrays, eps_for, is_array
-from .._backend.math import to_float
+from .._backend.math import as_result, to_float
 from .._errors import DimensionMismatch
 
 __all__ = ["check_sizes", "aggregate", "Agg"]
@@ -50,6 +50,10 @@ def aggregate(x: Any, agg: Agg, xp) -> Any:
     """``agg(x)``: "mean" (Statistics.mean; NaN for an empty array, like Julia), "sum",
     "none" (Flux's ``identity``) or any callable, which receives the unreduced array."""
     check_agg(agg)
+    return as_result(_aggregate(x, agg, xp))
+
+
+def _aggregate(x: Any, agg: Agg, xp) -> Any:
     if agg == "mean":
         if math.prod(x.shape) == 0:
             # Julia's mean of an empty array is 0/0 = NaN; avoid NumPy's warning.
