@@ -143,3 +143,21 @@ def test_epoch_loop_with_adjust(eager_backend):
             expected = expected - eta * Xn[2 * k:2 * k + 2].sum(0) * 0.01
     assert seen == [0.1, 0.05, 0.025, 0.0125]
     np.testing.assert_allclose(b.to_numpy(w), expected, rtol=1e-14)
+
+
+def test_state_round_trip_resumes_the_step_counter(eager_backend, tmp_path):
+    b = eager_backend
+    rule = OptimiserChain(ClipGrad(1.0), Scheduler(Adam, eta=Exp(0.1, 0.5)))
+    grads = [b.asarray(g) for g in ([1.0, -1.0], [0.5, 2.0], [0.25, -0.5], [-1.0, 0.1])]
+    x = b.asarray([1.0, 2.0])
+    state = setup(rule, x)
+    for g in grads[:2]:
+        state, x = update_(state, x, g)
+    ft.optimise.save_state(tmp_path / "s.npz", state)
+    resumed = ft.optimise.load_state(tmp_path / "s.npz", setup(rule, b.asarray([0.0, 0.0])))
+    assert int(resumed.state[1].t) == 3
+    y = b.asarray(b.to_numpy(x).copy())
+    for g in grads[2:]:
+        state, x = update_(state, x, g)
+        resumed, y = update_(resumed, y, g)
+    np.testing.assert_array_equal(b.to_numpy(x), b.to_numpy(y))

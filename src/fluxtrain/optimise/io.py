@@ -45,7 +45,9 @@ def flatten_state(state: Any, prefix: str = "") -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for path, leaf in leaves(state):
         for sub, a in _state_arrays(leaf.state, ()):
-            out[_key(path, sub, prefix)] = np.ascontiguousarray(to_numpy(a))
+            a = to_numpy(a)
+            # ascontiguousarray makes 0-d arrays 1-d; keep the shape (0-d step counters)
+            out[_key(path, sub, prefix)] = np.ascontiguousarray(a).reshape(np.shape(a))
     return out
 
 
