@@ -120,6 +120,19 @@ def test_jitted_update_matches_eager():
         assert_close(m1[k], np.asarray(m2[k]), rtol=1e-6 if k == "b" else 1e-12)
         assert m1[k].dtype == model[k].dtype
     assert int(s1["w"].state[1].t) == 6
+    # the step counter is traced: later steps reuse the compiled update
+    traced = []
+
+    def eta(t):
+        if isinstance(t, jax.core.Tracer):
+            traced.append(t)
+        return 0.1 * 0.5 ** (t - 1)
+    rule = Scheduler(Descent, eta=eta)
+    s, m = setup(rule, {"w": jnp.array([1.0, 2.0])}), {"w": jnp.array([1.0, 2.0])}
+    for _ in range(4):
+        s, m = step(s, m, {"w": jnp.array([1.0, 1.0])})
+    assert len(traced) == 1
+    assert_close(m["w"], np.array([1.0, 2.0]) - (0.1 + 0.05 + 0.025 + 0.0125), rtol=1e-14)
 
 
 def test_epoch_loop_with_adjust(eager_backend):

@@ -331,3 +331,11 @@ def test_docstring_examples():
     for mod in (decay, cyclic, complex, scheduler):
         result = doctest.testmod(mod, extraglobs=globs)
         assert result.failed == 0 and result.attempted > 0, mod.__name__
+
+
+def test_registry_names_every_schedule():
+    assert set(S.SCHEDULES) == {"Step", "Exp", "Poly", "Inv", "Triangle", "TriangleDecay2",
+                                "TriangleExp", "Sin", "SinDecay2", "SinExp", "CosAnneal", "Sequence",
+                                "Loop", "Interpolator", "Shifted", "ComposedSchedule", "OneCycle",
+                                "Constant"}
+    assert all(S.SCHEDULES[k].__name__ == k for k in S.SCHEDULES)

@@ -10,11 +10,17 @@ from .complex import (ComposedSchedule, Constant, Interpolator, Loop, OneCycle, 
                       Shifted, Stateful, next_, reset_)
 from .scheduler import Scheduler, SchedulerState
 
+SCHEDULES: dict[str, type] = {c.__name__: c for c in (
+    Step, Exp, Poly, Inv, Triangle, TriangleDecay2, TriangleExp, Sin, SinDecay2, SinExp, CosAnneal,
+    Sequence, Loop, Interpolator, Shifted, ComposedSchedule, OneCycle, Constant)}
+"""Every schedule class by its ParameterSchedulers name (for parsers such as the CLI's
+``--schedule "CosAnneal(l0=1e-4, l1=1e-2, period=10)"``)."""
+
 __all__ = [
     "Schedule", "ScheduleBoundsError",
     "Step", "Exp", "Poly", "Inv",
     "Triangle", "TriangleDecay2", "TriangleExp", "Sin", "SinDecay2", "SinExp", "CosAnneal",
     "Sequence", "Loop", "Interpolator", "Shifted", "ComposedSchedule", "OneCycle", "Constant",
     "Stateful", "next_", "reset_",
-    "Scheduler", "SchedulerState",
+    "Scheduler", "SchedulerState", "SCHEDULES",
 ]
