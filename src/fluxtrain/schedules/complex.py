@@ -27,6 +27,7 @@ class Constant(Schedule):
     an integer, as in ParameterSchedulers).
 
     Example:
+        >>> from fluxtrain import Constant
         >>> Constant(0.1)(1000)
         0.1
     """
@@ -51,6 +52,7 @@ class Sequence(Schedule):
     (ParameterSchedulers' generator form for an infinite sequence is not provided.)
 
     Example:
+        >>> from fluxtrain import Exp, Sequence
         >>> s = Sequence([(1.0, 2), (Exp(0.5, 0.5), 3)])
         >>> [s(t) for t in range(1, 8)]
         [1.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125]
@@ -99,6 +101,7 @@ class Loop(Schedule):
     ``mod1(t, p) = (t - 1) mod p + 1`` takes values 1..p.
 
     Example:
+        >>> from fluxtrain import Exp, Loop
         >>> s = Loop(Exp(1.0, 0.5), 3)
         >>> [s(t) for t in range(1, 8)]
         [1.0, 0.5, 0.25, 1.0, 0.5, 0.25, 1.0]
@@ -130,6 +133,7 @@ class Interpolator(Schedule):
     wrapped schedule checks the value it receives.
 
     Example:
+        >>> from fluxtrain import Step, Interpolator
         >>> s = Interpolator(Step(1.0, 0.5, 1), 3)   # halve once per 3 steps
         >>> [s(t) for t in range(1, 8)]
         [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
@@ -166,6 +170,7 @@ class Shifted(Schedule):
     ``s(1) == schedule(offset)``.
 
     Example:
+        >>> from fluxtrain import Exp, Shifted
         >>> s = Shifted(Exp(1.0, 0.5), 3)
         >>> [s(t) for t in (1, 2)]
         [0.25, 0.125]
@@ -206,6 +211,7 @@ class ComposedSchedule(Schedule):
     becomes ``ComposedSchedule(schedule, parameters, compose_fn=None)``.
 
     Example (cosine annealing whose peak halves every period):
+        >>> from fluxtrain import Step, CosAnneal, ComposedSchedule
         >>> base = CosAnneal(1.0, 0.0, 4)
         >>> s = ComposedSchedule(base, (Step(1.0, 0.5, 4), 0.0, 4))
         >>> [round(s(t), 6) for t in (1, 3, 5, 9)]
@@ -286,6 +292,7 @@ class OneCycle(Schedule):
     after ``nsteps`` values.
 
     Example:
+        >>> from fluxtrain import OneCycle
         >>> s = OneCycle(8, 1.0, startval=0.0, endval=0.0)
         >>> [round(v, 6) for v in s]
         [0.0, 0.5, 1.0, 0.933013, 0.75, 0.5, 0.25, 0.066987]
@@ -353,6 +360,7 @@ class Stateful:
     ``ReduceLROnPlateau``.
 
     Example:
+        >>> from fluxtrain import Exp, Stateful, next_, reset_
         >>> it = Stateful(Exp(1.0, 0.5))
         >>> next_(it), next_(it), next_(it)
         (1.0, 0.5, 0.25)

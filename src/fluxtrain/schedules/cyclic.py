@@ -79,6 +79,7 @@ class Triangle(Schedule):
     ``Triangle(l0=..., l1=..., period=...)`` or ``Triangle(range, offset, period)``.
 
     Example:
+        >>> from fluxtrain import Triangle
         >>> s = Triangle(l0=0.0, l1=1.0, period=4)
         >>> [round(s(t), 12) for t in range(1, 6)]
         [0.0, 0.5, 1.0, 0.5, 0.0]
@@ -109,6 +110,7 @@ class TriangleDecay2(Schedule):
     numbers.)
 
     Example:
+        >>> from fluxtrain import TriangleDecay2
         >>> s = TriangleDecay2(l0=0.0, l1=1.0, period=2)
         >>> [round(s(t), 12) for t in range(1, 6)]
         [0.0, 1.0, 0.0, 0.5, 0.0]
@@ -140,6 +142,7 @@ class TriangleExp(Schedule):
     ``TriangleExp(range, offset, period, decay)``.
 
     Example:
+        >>> from fluxtrain import TriangleExp
         >>> s = TriangleExp(l0=0.0, l1=1.0, period=2, decay=0.5)
         >>> [round(s(t), 12) for t in range(1, 5)]
         [0.0, 0.5, 0.0, 0.125]
@@ -171,6 +174,7 @@ class Sin(Schedule):
     ``offset`` at t = 1, 1 + period, ...; peak ``offset + range`` at t = 1 + period/2.
 
     Example:
+        >>> from fluxtrain import Sin
         >>> s = Sin(l0=0.0, l1=1.0, period=2)
         >>> [round(s(t), 12) for t in range(1, 5)]
         [0.0, 1.0, 0.0, 1.0]
@@ -197,6 +201,7 @@ class SinDecay2(Schedule):
         s(t) = range * |sin(π (t - 1) / period)| / 2^floor((t - 1) / period) + offset
 
     Example:
+        >>> from fluxtrain import SinDecay2
         >>> s = SinDecay2(l0=0.0, l1=1.0, period=2)
         >>> [round(s(t), 12) for t in range(1, 5)]
         [0.0, 1.0, 0.0, 0.5]
@@ -225,6 +230,7 @@ class SinExp(Schedule):
         s(t) = range * decay^(t - 1) * |sin(π (t - 1) / period)| + offset
 
     Example:
+        >>> from fluxtrain import SinExp
         >>> s = SinExp(l0=0.0, l1=1.0, period=2, decay=0.5)
         >>> [round(s(t), 12) for t in range(1, 5)]
         [0.0, 0.5, 0.0, 0.125]
@@ -263,6 +269,7 @@ class CosAnneal(Schedule):
     pitfall: ``CosAnneal(1e-4, 1e-2, 10)`` means range 1e-4, offset 1e-2.
 
     Example:
+        >>> from fluxtrain import CosAnneal
         >>> s = CosAnneal(l0=0.0, l1=1.0, period=4)
         >>> [round(s(t), 12) for t in range(1, 7)]
         [1.0, 0.853553390593, 0.5, 0.146446609407, 1.0, 0.853553390593]

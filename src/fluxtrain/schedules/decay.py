@@ -23,6 +23,7 @@ class Step(Schedule):
     the last block.
 
     Example:
+        >>> from fluxtrain import Step
         >>> s = Step(1.0, 0.5, 2)
         >>> [s(t) for t in range(1, 7)]
         [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
@@ -72,6 +73,7 @@ class Exp(Schedule):
     """Exponential decay: ``s(t) = start * decay^(t - 1)``.
 
     Example:
+        >>> from fluxtrain import Exp
         >>> [Exp(1.0, 0.5)(t) for t in (1, 2, 3)]
         [1.0, 0.5, 0.25]
     """
@@ -99,6 +101,7 @@ class Poly(Schedule):
     here, multiplies.)
 
     Example:
+        >>> from fluxtrain import Poly
         >>> list(Poly(1.0, 2, 4))
         [1.0, 0.5625, 0.25, 0.0625]
     """
@@ -126,6 +129,7 @@ class Inv(Schedule):
     """Inverse decay: ``s(t) = start / (1 + (t - 1) * decay)^degree``.
 
     Example:
+        >>> from fluxtrain import Inv
         >>> [Inv(1.0, 0.5, 2)(t) for t in (1, 2, 3)]
         [1.0, 0.4444444444444444, 0.25]
     """

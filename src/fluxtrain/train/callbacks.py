@@ -100,6 +100,7 @@ def throttle(f: Callable[..., Any], timeout: float, *, leading: bool = True,
     clock in tests.
 
     Example:
+        >>> from fluxtrain import throttle
         >>> now = [0.0]
         >>> log = throttle(lambda i: i, 2.0, clock=lambda: now[0])
         >>> out = []
@@ -143,6 +144,7 @@ def patience(predicate: Callable[..., Any], wait: int) -> Patience:
     raises ``ValueError``.
 
     Example:
+        >>> from fluxtrain import patience
         >>> trigger = patience(lambda x: x > 0, 2)
         >>> [trigger(x) for x in (1, 0, 1, 1, 1)]
         [False, False, False, True, True]
@@ -203,6 +205,7 @@ def early_stopping(f: Callable[..., Any], delay: int, *,
     The returned object's ``.predicate.best_score`` is the best score so far.
 
     Example:
+        >>> from fluxtrain import early_stopping
         >>> losses = iter([3.0, 2.0, 2.0, 2.5, 2.1, 2.2])
         >>> es = early_stopping(lambda: next(losses), 3)
         >>> [es() for _ in range(6)]
@@ -226,6 +229,7 @@ def plateau(f: Callable[..., Any], width: int, *,
     Flux's ``1f-6``, the float32 nearest 1e-6 (9.999999974752427e-07).
 
     Example (Flux's docstring: scores -9, 8, -7, 6, ...):
+        >>> from fluxtrain import plateau
         >>> v = [10.0]
         >>> def f():
         ...     v[0] = v[0] / abs(v[0]) - v[0]; return v[0]

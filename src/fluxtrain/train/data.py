@@ -95,6 +95,8 @@ class DataLoader:
     NumPy's generator, so the orders differ from Julia's.
 
     Example:
+        >>> import numpy as np
+        >>> from fluxtrain import DataLoader
         >>> X, Y = np.arange(10.0).reshape(5, 2), np.arange(5)
         >>> loader = DataLoader((X, Y), batchsize=2)
         >>> len(loader)
