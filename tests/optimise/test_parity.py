@@ -117,10 +117,13 @@ def _torch_cases():
          lambda p: O.Adagrad(p, lr=0.1, initial_accumulator_value=1e-8, eps=1e-8)),
         ("AdaDelta", ft.AdaDelta(0.9, 1e-6), lambda p: O.Adadelta(p, lr=1.0, rho=0.9, eps=1e-6)),
         ("Descent", ft.Descent(), lambda p: O.SGD(p, lr=ft.Descent().eta)),
+        # Flux's Rprop defaults are Float32 literals; use float64 values for the comparison
+        ("Rprop", ft.Rprop(0.01, (0.5, 1.2), (1e-6, 50.0)),
+         lambda p: O.Rprop(p, lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0))),
     ]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(10))
 def test_torch_trajectories(case):
     pytest.importorskip("torch")
     name, rule, make = _torch_cases()[case]
@@ -142,14 +145,20 @@ def test_adamax_vs_torch_with_eps_placement_accounted():
 # ---------------------------------------------------------------- optax
 
 def _optax(tx, steps=100):
+    import jax
     import jax.numpy as jnp
     import optax
+
+    @jax.jit
+    def step(g, st, p):
+        u, st = tx.update(g, st, p)
+        return st, optax.apply_updates(p, u)
+
     p = jnp.asarray(X0)
     st = tx.init(p)
     out = []
     for g in GRADS[:steps]:
-        u, st = tx.update(jnp.asarray(g), st, p)
-        p = optax.apply_updates(p, u)
+        st, p = step(jnp.asarray(g), st, p)
         out.append(np.asarray(p))
     return np.array(out)
 
