@@ -310,3 +310,20 @@ def test_mixed_precision_keeps_master_copy():
     y = np.ones(3, np.float16)
     ft.update_(ft.setup(ft.Descent(1e-4), y), y, np.ones(3, np.float16))
     assert y[0] == 1
+
+
+def test_update_without_grad_needs_torch():
+    with pytest.raises(ft.ArgumentError, match=r"\.grad"):
+        ft.update_(ft.setup(ft.Adam(), {"w": np.ones(2)}), {"w": np.ones(2)})
+
+
+def test_torch_tensors_in_dict_read_dot_grad():
+    torch = pytest.importorskip("torch")
+    w = torch.ones(3, requires_grad=True)
+    b = torch.zeros(2, requires_grad=True)  # no .grad: skipped
+    (w * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    model = {"w": w, "b": b}
+    state = ft.setup(ft.Descent(0.5), model)
+    ft.update_(state, model)
+    torch.testing.assert_close(w.detach(), torch.tensor([0.5, 0.0, -0.5]))
+    assert model["w"] is w and not w.grad_fn and b.detach().sum() == 0

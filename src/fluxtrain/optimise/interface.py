@@ -233,7 +233,11 @@ def _collect(s, x, g, path, out):
             raise _err(path, f"the state has a Leaf but the model has {type(x).__name__}; "
                              "the model's structure changed since setup")
         if g is _DOT:
-            g = getattr(x, "grad", None)
+            if not hasattr(x, "grad"):
+                raise ArgumentError(
+                    f"update_(state, model) without a gradient reads torch's `.grad`, but `{format_path(path)}` "
+                    f"is a {type(x).__module__}.{type(x).__name__}; pass the gradient tree: update_(state, model, grad)")
+            g = x.grad
             if g is None:
                 return
         out.append((s, x, _check_grad(x, g, path), path))
