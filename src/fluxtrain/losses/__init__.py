@@ -6,6 +6,7 @@ Every loss is ``NAME(ŷ, y, *, ...)`` with the prediction first. Flux's ``dims=d
 ``"sum"``, ``"none"`` or a callable. See docs/losses.md.
 """
 from .._backend.math import logsigmoid, logsoftmax, sigmoid, softmax, xlogx, xlogy
+from .ctc import ctc_loss
 from .classification import (binary_focal_loss, binarycrossentropy, crossentropy, focal_loss,
                              kldivergence, label_smoothing, logitbinarycrossentropy,
                              logitcrossentropy)
@@ -19,6 +20,7 @@ __all__ = [
     "hinge_loss", "squared_hinge_loss", "dice_coeff_loss", "tversky_loss",
     "binary_focal_loss", "focal_loss", "siamese_contrastive_loss", "label_smoothing",
     "xlogx", "xlogy", "softmax", "logsoftmax", "sigmoid", "logsigmoid",
+    "ctc_loss",
 ]
 
 # ctc_loss (owned by losses/ctc.py) is added here:
