@@ -13,6 +13,7 @@ from .losses import *  # noqa: F401,F403
 from .optimise import *  # noqa: F401,F403
 from .schedules import *  # noqa: F401,F403
 from .train import *  # noqa: F401,F403
+from .onehot import onehot, onehotbatch, onecold
 
 __version__ = "0.1.0"
 
@@ -22,5 +23,6 @@ import sys as _sys
 
 __all__ = (
     ["ArgumentError", "DimensionMismatch", "DomainError", "losses", "optimise", "schedules", "train"]
+    + ["onehot", "onehotbatch", "onecold"]
     + losses.__all__ + optimise.__all__ + schedules.__all__ + _sys.modules[__name__ + ".train"].__all__
 )
