@@ -1,0 +1,147 @@
+"""Timing and machine description shared by the benchmark groups.
+
+Every group builds a list of *cases* (name -> zero-argument callable doing one timed unit
+of work and blocking until it is done) and hands them to :func:`interleaved`, which runs
+them round-robin (A B C, B C A, C A B, ...) so that slow drifts of a shared machine hit
+every case alike, and reports the median of the repetitions.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass
+class Timing:
+    median: float  # seconds
+    q1: float
+    q3: float
+    n: int
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range relative to the median (noise indicator)."""
+        return (self.q3 - self.q1) / self.median if self.median > 0 else float("nan")
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float, float]:
+    xs = sorted(xs)
+    if len(xs) < 4:
+        return xs[0], statistics.median(xs), xs[-1]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], q[1], q[2]
+
+
+def interleaved(cases: dict[str, Callable[[], object]], reps: int, warmup: int = 2,
+                inner: int = 1) -> dict[str, Timing]:
+    """Median time of each case over ``reps`` interleaved repetitions.
+
+    ``warmup`` untimed calls per case come first (JIT compilation, allocator warm-up); a
+    case that raises during warm-up is dropped and reported by name on stderr. ``inner``
+    calls are timed together and divided (for sub-millisecond cases).
+    """
+    live: dict[str, Callable[[], object]] = {}
+    for name, fn in cases.items():
+        try:
+            for _ in range(warmup):
+                fn()
+            live[name] = fn
+        except Exception as e:  # a peer missing a feature must not stop the suite
+            print(f"  [skip] {name}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+    times: dict[str, list[float]] = {k: [] for k in live}
+    names = list(live)
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(reps):
+            k = r % max(len(names), 1)
+            for name in names[k:] + names[:k]:  # rotate the order every repetition
+                fn = live[name]
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    fn()
+                times[name].append((time.perf_counter() - t0) / inner)
+            gc.collect()
+    finally:
+        if gc_was:
+            gc.enable()
+    out = {}
+    for name, ts in times.items():
+        q1, med, q3 = _quartiles(ts)
+        out[name] = Timing(med, q1, q3, len(ts))
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mem_gib() -> str:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal"):
+                    return f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    return "?"
+
+
+def _version(mod: str) -> str:
+    try:
+        m = __import__(mod)
+        return getattr(m, "__version__", "?")
+    except Exception:
+        return "not installed"
+
+
+def machine() -> dict[str, str]:
+    info = {
+        "date (UTC)": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cores visible": str(os.cpu_count()),
+        "memory": _mem_gib(),
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "python": sys.version.split()[0],
+    }
+    for mod in ("fluxtrain", "numpy", "torch", "jax", "optax", "numba", "numexpr"):
+        info[mod] = _version(mod)
+    try:
+        import torch
+        info["torch threads"] = str(torch.get_num_threads())
+    except Exception:
+        pass
+    return info
+
+
+def fmt_ms(t: Timing | None) -> str:
+    if t is None:
+        return "n/a"
+    ms = t.median * 1e3
+    return f"{ms:.3g}" if ms < 10 else f"{ms:.1f}"
+
+
+def fmt_ratio(a: Timing | None, b: Timing | None) -> str:
+    if a is None or b is None:
+        return "n/a"
+    return f"{a.median / b.median:.2f}×"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
