@@ -224,12 +224,13 @@ def _xlogy(x: Any, y: Any, xp, what: str = "y") -> Any:
     """xlogy on arrays already converted (``x`` float, ``y`` float); see :func:`xlogy`."""
     if not is_array(x):
         x = xp.asarray(x, dtype=y.dtype)
-    check_domain(y < 0, f"{_NEG_LOG_MSG}: {what} has a negative entry", x, y)
-    zero = x == 0
-    ok = (y > 0) & (y < math.inf)
-    # Where x == 0 and log(y) would be -Inf/NaN/Inf, take log(1) = 0 instead: the value is
+    neg = y < 0
+    check_domain(neg, f"{_NEG_LOG_MSG}: {what} has a negative entry", x, y)
+    # Where x == 0 and log(y) would be -Inf/Inf/NaN, take log(1) = 0 instead: the value is
     # Flux's 0 and both partials stay finite (d/dy = x/y = 0; d/dx = log(y) where finite).
-    y_safe = xp.where(zero & ~ok, xp.ones_like(y), y)
+    # A negative y is left alone, so that under jit it gives NaN (never a silent 0).
+    fix = (x == 0) & ~((y > 0) & (y < math.inf)) & ~neg
+    y_safe = xp.where(fix, xp.ones_like(y), y)
     return x * xp.log(y_safe)
 
 
@@ -239,7 +240,7 @@ def xlogy(x: Any, y: Any) -> Any:
     ``log(y)`` is -Inf or NaN).
 
     A negative ``y`` raises ``DomainError`` (even where ``x == 0``, like Julia's ``log``)
-    when the backend runs eagerly; under ``jax.jit`` it gives NaN (and 0 where ``x == 0``).
+    when the backend runs eagerly; under ``jax.jit`` it gives NaN.
     NaN in ``x``, or in ``y`` where ``x != 0``, propagates. Gradients: ``∂/∂x = log(y)``,
     ``∂/∂y = x/y``, finite (0) where ``x == 0``.
 
