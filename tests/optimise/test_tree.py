@@ -327,3 +327,44 @@ def test_torch_tensors_in_dict_read_dot_grad():
     ft.update_(state, model)
     torch.testing.assert_close(w.detach(), torch.tensor([0.5, 0.0, -0.5]))
     assert model["w"] is w and not w.grad_fn and b.detach().sum() == 0
+
+
+def test_read_only_numpy_is_rebound_not_written():
+    ro = np.ones(3)
+    ro.flags.writeable = False
+    model = [ro, (np.ones(2),)]
+    state = ft.setup(ft.Descent(0.5), model)
+    state, out = ft.update_(state, model, [np.ones(3), (np.ones(2),)])
+    assert out is model and model[0] is not ro and ro[0] == 1.0
+    np.testing.assert_array_equal(model[0], [0.5] * 3)
+    np.testing.assert_array_equal(model[1][0], [0.5] * 2)
+
+
+try:
+    from hypothesis import given, settings, strategies as st
+except ImportError:  # pragma: no cover
+    given = None
+
+if given is not None:
+    from tests.optimise.rules_list import ALL_RULES
+
+    @settings(max_examples=15, deadline=None)
+    @given(rule=st.sampled_from(ALL_RULES),
+           shapes=st.lists(st.lists(st.integers(1, 3), min_size=0, max_size=2), min_size=1, max_size=3),
+           seed=st.integers(0, 2 ** 16))
+    def test_property_update_equals_update_in_place(rule, shapes, seed):
+        rng = np.random.default_rng(seed)
+        model = {f"p{i}": np.asarray(rng.standard_normal(tuple(s))) for i, s in enumerate(shapes)}
+        model["nested"] = [rng.standard_normal(2), 3]
+        grads = [{k: (np.asarray(rng.standard_normal(np.shape(v))) if k != "nested" else [rng.standard_normal(2), None])
+                  for k, v in model.items()} for _ in range(3)]
+        s1, m1 = ft.setup(rule, model), model
+        m2 = {k: (v.copy() if k != "nested" else [v[0].copy(), 3]) for k, v in model.items()}
+        s2 = ft.setup(rule, m2)
+        for g in grads:
+            s1, m1 = ft.update(s1, m1, g)
+            s2, m2 = ft.update_(s2, m2, g)
+        for k in model:
+            a, b = (m1[k], m2[k]) if k != "nested" else (m1[k][0], m2[k][0])
+            np.testing.assert_array_equal(a, b)
+        assert all(np.array_equal(x, y) for x, y in zip(ft.flatten_state(s1).values(), ft.flatten_state(s2).values()))

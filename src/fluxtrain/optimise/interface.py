@@ -14,14 +14,18 @@ Phase 2 groups the arrays by (rule type, array type, dtype, device) and hands ea
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from .._backend import device_of, is_array, is_writeable, namespace, put
 from .._backend import fast
 from .._errors import ArgumentError, DimensionMismatch
 from .base import Masked, Replace, Rule
+from . import tree as _tree
 from .tree import Leaf, _state_children, children, format_path, is_namedtuple, is_trainable, rebuild
 
 __all__ = ["setup", "update", "update_", "adjust", "adjust_", "freeze_", "thaw_", "apply_group"]
@@ -68,7 +72,7 @@ def setup(rule: Rule, model: Any) -> Any:
 
 
 def _setup(rule, x, cache, keep, path):
-    if is_array(x):
+    if is_array(x) and not isinstance(x, np.generic):
         if not is_trainable(x):
             if namespace(x).isdtype(x.dtype, "complex floating"):
                 raise ArgumentError(f"complex parameters are not supported (at {format_path(path)})")
@@ -135,6 +139,8 @@ def _update(state, model, grad, pure):
             f"Invalid input to `update{'' if pure else '_'}`: the first argument must be the optimiser "
             f"state, not the rule {state!r}. You need `state = setup(rule, model)` first, then "
             f"`update{'' if pure else '_'}(state, model, grad)`.")
+    if not _tree._PYTREE_DONE and "jax" in sys.modules:
+        _tree._register_pytree()
     with _no_grad():
         if pure and _has_module(model):
             model = copy.deepcopy(model)
@@ -179,11 +185,14 @@ def _new_value(x, delta):
     if delta is None:
         return None
     if isinstance(delta, Replace):
-        return None if delta.value is x else delta.value
-    if isinstance(delta, Masked):
-        xp = namespace(x)
-        return xp.where(delta.active, x - delta.delta, x)
-    return x - delta
+        if delta.value is x:
+            return None
+        new = delta.value
+    elif isinstance(delta, Masked):
+        new = namespace(x).where(delta.active, x - delta.delta, x)
+    else:
+        new = x - delta
+    return np.asarray(new) if isinstance(new, np.generic) else new  # NumPy 0-d maths gives scalars
 
 
 def _apply_all(items: list, inplace: bool) -> list:
@@ -229,7 +238,7 @@ def _collect(s, x, g, path, out):
     if g is None:
         return
     if isinstance(s, Leaf):
-        if not is_array(x):
+        if not is_array(x) or isinstance(x, np.generic):
             raise _err(path, f"the state has a Leaf but the model has {type(x).__name__}; "
                              "the model's structure changed since setup")
         if g is _DOT:

@@ -25,6 +25,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
+import numpy as np
+
 from .._backend import is_array, is_writeable, namespace
 
 __all__ = ["Leaf", "module_tree", "children", "rebuild", "format_path", "is_trainable", "leaves"]
@@ -189,8 +191,9 @@ def rebuild(x: Any, kind: str, keys: list, values: list, inplace: bool) -> Any:
 
 
 def is_trainable(x: Any) -> bool:
-    """A real floating array of a supported library."""
-    if not is_array(x):
+    """A real floating array of a supported library (NumPy scalars such as ``np.float32(1)``
+    are numbers, not arrays: like Python floats they are not trained)."""
+    if not is_array(x) or isinstance(x, np.generic):
         return False
     try:
         return namespace(x).isdtype(x.dtype, "real floating")
