@@ -156,3 +156,44 @@ def test_adjust_keeps_state_and_adjust_in_place():
     c = ft.adjust(ft.OptimiserChain(ft.WeightDecay(), ft.Adam()), 0.5, **{"lambda": 0.1})
     assert c.opts[0].lambda_ == 0.1 and c.opts[1].eta == 0.5
     assert ft.adjust(ft.MixedPrecision(ft.Adam()), 0.3).rule.eta == 0.3
+
+
+def test_float32_follows_julia_float32_arithmetic_exactly():
+    """Hyper-parameters and scalar sub-expressions are rounded to Float32 as Julia's
+    `T(o.eta)`, `1 - β[1]` (in T) do; compare with an explicit float32 re-computation."""
+    f = np.float32
+    rng = np.random.default_rng(3)
+    x0 = rng.standard_normal(50).astype(f)
+    gs = [rng.standard_normal(50).astype(f) for _ in range(5)]
+    # Adam
+    x = x0.copy()
+    s = ft.setup(ft.Adam(), x)
+    m = np.zeros(50, f); v = np.zeros(50, f); bt1, bt2 = f(0.9), f(0.999)
+    b1, b2, eta, eps = f(0.9), f(0.999), f(0.001), f(1e-8)
+    xr = x0.copy()
+    for g in gs:
+        ft.update_(s, x, g)
+        m = b1 * m + (f(1) - b1) * g
+        v = b2 * v + (f(1) - b2) * (g * g)
+        xr = xr - m / (f(1) - bt1) / (np.sqrt(v / (f(1) - bt2)) + eps) * eta
+        bt1, bt2 = bt1 * b1, bt2 * b2
+        np.testing.assert_array_equal(x, xr)
+    # Nesterov: -ρ^2 and (1+ρ)η are Float32 products
+    x = x0.copy()
+    s = ft.setup(ft.Nesterov(0.01, 0.9), x)
+    vel = np.zeros(50, f); rho, eta = f(0.9), f(0.01)
+    xr = x0.copy()
+    for g in gs:
+        ft.update_(s, x, g)
+        d = -(rho * rho) * vel + ((f(1) + rho) * eta) * g
+        vel = rho * vel - eta * g
+        xr = xr - d
+        np.testing.assert_array_equal(x, xr)
+
+
+@pytest.mark.parametrize("mod", ["interface", "composite", "rules_basic", "rules_adaptive"])
+def test_docstring_examples(mod):
+    import doctest
+    import importlib
+    res = doctest.testmod(importlib.import_module(f"fluxtrain.optimise.{mod}"))
+    assert res.failed == 0 and res.attempted > 0
