@@ -180,7 +180,10 @@ def _have(name: str) -> bool:
 def _run(a: argparse.Namespace) -> int:
     # Everything is checked before anything is written.
     hidden = _check_args(a)
-    rule = parse_rule(a.opt)
+    notes: list[str] = []
+    rule = parse_rule(a.opt, notes)
+    for note in dict.fromkeys(notes):
+        print(f"fluxtrain fit: note: {note}", file=sys.stderr)
     schedule = parse_schedule(a.schedule) if a.schedule else None
     ds = load_dataset(a.data, a.target, a.task)
     loss_name, link = _choose_loss(a.loss, ds.task)

@@ -13,17 +13,7 @@ from typing import Any, Callable, Mapping
 
 from .commands import UserError
 
-__all__ = ["parse_call", "parse_rule", "parse_schedule", "RULE_ALIASES"]
-
-#: Names of the seed tutorial / old Flux that are not Optimisers.jl rule names.
-#: Flux has no ``SGD`` (``Descent`` is plain SGD); the all-caps names are Optimisers.jl's
-#: deprecated aliases.
-RULE_ALIASES: dict[str, str] = {
-    "SGD": "Descent", "ADAM": "Adam", "NADAM": "NAdam", "ADAMW": "AdamW", "RADAM": "RAdam",
-    "OADAM": "OAdam", "ADAGrad": "AdaGrad", "ADADelta": "AdaDelta", "ClipValue": "ClipGrad",
-    "Optimiser": "OptimiserChain",
-}
-
+__all__ = ["parse_call", "parse_rule", "parse_schedule"]
 
 def parse_call(text: str, names: Mapping[str, Callable[..., Any]], *, option: str, what: str) -> Any:
     """Build the object described by ``text`` from the constructors in ``names``.
@@ -99,21 +89,31 @@ def _is_ctor_node(node: ast.AST, names) -> bool:
 
 
 def _rule_names() -> dict[str, Callable[..., Any]]:
-    from ..optimise import RULES
-    names: dict[str, Callable[..., Any]] = dict(RULES)
-    for old, new in RULE_ALIASES.items():
-        if old not in names and new in RULES:
-            names[old] = RULES[new]
+    from .. import optimise
+    names: dict[str, Callable[..., Any]] = dict(optimise.RULES)
+    for old in optimise.OLD_NAMES:  # SGD, ADAM, ...: build the new rule with a FutureWarning
+        names.setdefault(old, getattr(optimise, old))
     return names
 
 
-def parse_rule(text: str) -> Any:
+def parse_rule(text: str, notes: list[str] | None = None) -> Any:
     """``--opt`` text -> an optimisation rule (``fluxtrain.optimise.RULES`` plus the old names
-    ``SGD``, ``ADAM``, ...). ``RMSProp(0.001, 0.9)``, ``OptimiserChain(ClipNorm(1.0), Adam(1e-3))``
-    and keyword forms such as ``Adam(eta=0.01, beta=(0.9, 0.99))`` all work.
+    of ``fluxtrain.optimise.OLD_NAMES``: ``SGD``, ``ADAM``, ...). ``RMSProp(0.001, 0.9)``,
+    ``OptimiserChain(ClipNorm(1.0), Adam(1e-3))`` and keyword forms such as
+    ``Adam(eta=0.01, beta=(0.9, 0.99))`` all work. Deprecation messages of old names are
+    appended to ``notes`` (when given) instead of being emitted as warnings.
     """
+    import warnings
+
     from ..optimise import Rule
-    rule = parse_call(text, _rule_names(), option="--opt", what="optimisation rule")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rule = parse_call(text, _rule_names(), option="--opt", what="optimisation rule")
+    for w in caught:
+        if notes is not None:
+            notes.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(rule, Rule):
         raise UserError(f"--opt {text!r} does not describe an optimisation rule")
     return rule
