@@ -79,3 +79,34 @@ def test_onehotbatch_gives_the_same_target():
     if onehotbatch is None:
         pytest.skip("fluxtrain.onehotbatch not available")
     np.testing.assert_array_equal(np.asarray(onehotbatch([2, 1], [1, 2, 3])), np.array(ONEHOT))
+
+
+def test_readme_losses_section_prints_what_it_says():
+    from pathlib import Path
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    if not readme.is_file():
+        pytest.skip("README.md not found")
+    text = readme.read_text(encoding="utf-8")
+    if "## Losses" not in text:
+        pytest.skip("README has no Losses section")
+    block = text.split("## Losses", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    env: dict = {}
+    checked = 0
+    for line in block.splitlines():
+        code, _, comment = line.partition("#")
+        code = code.strip()
+        if not code:
+            continue
+        value = comment.split()[0] if comment.strip() else ""
+        if " = " in code or code.startswith(("import", "from")):
+            exec(code, env)
+            continue
+        try:
+            float(value)
+        except ValueError:
+            exec(code, env)
+            continue
+        got = eval(code, env)
+        assert str(got) == value, (code, str(got), value)
+        checked += 1
+    assert checked == 5
