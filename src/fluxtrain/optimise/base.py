@@ -81,12 +81,20 @@ class _Caster:
 
 @lru_cache(maxsize=64)
 def _caster_for(dtype_name: str) -> _Caster:
+    """The caster for a dtype given by name (kept for fast kernels that use it)."""
     return _Caster(dtype_name)
+
+
+_CASTERS: dict = {}
 
 
 def caster(x: Any) -> _Caster:
     """The rounding function ``T`` for the dtype of array ``x`` (Julia's ``T(...)``)."""
-    return _caster_for(str(x.dtype))
+    dt = x.dtype
+    c = _CASTERS.get(dt)  # dtype objects of every backend are hashable
+    if c is None:
+        c = _CASTERS[dt] = _Caster(dt)
+    return c
 
 
 def eps_cast(T: _Caster, e: float) -> float:

@@ -199,7 +199,7 @@ def _apply_all(items: list, inplace: bool) -> list:
     """Group ``(rule, state, x, g)`` items and run each group through :func:`apply_group`."""
     groups: dict[tuple, list[int]] = {}
     for i, (rule, _, x, _) in enumerate(items):
-        key = (type(rule), type(x), str(x.dtype), str(device_of(x)))
+        key = (type(rule), type(x), x.dtype, _device(x))
         groups.setdefault(key, []).append(i)
     out: list = [None] * len(items)
     for key, idx in groups.items():
@@ -323,13 +323,18 @@ def _check_grad(x, g, path):
             raise TypeError(f"at `{format_path(path)}`: the gradient's dtype {g.dtype} cannot be converted to "
                             f"the parameter's {x.dtype}")
         g = xp.astype(g, x.dtype)
-    try:
-        dx, dg = device_of(x), device_of(g)
-    except Exception:  # noqa: BLE001 - tracers
-        dx = dg = None
+    dx, dg = _device(x), _device(g)
     if dx is not None and dg is not None and dx != dg:
         raise ValueError(f"at `{format_path(path)}`: the gradient is on {dg}, the parameter on {dx}")
     return g
+
+
+def _device(x):
+    """The array's device, or None where it cannot be read (JAX tracers)."""
+    try:
+        return x.device
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _same_lib(x, g):
