@@ -278,3 +278,39 @@ def test_non_finite_scores_propagate():
 
 def test_exported_at_top_level():
     assert fluxtrain.ctc_loss is fluxtrain.losses.ctc_loss is ctc_loss
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is not installed")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_torch_fast_path_matches_generic(dtype):
+    import torch
+    from fluxtrain._backend import fast
+    rng = np.random.default_rng(10)
+    x = rng.normal(scale=2.0, size=(5, 6, 4)).astype(dtype)
+    x[4, 2, 1] = np.inf  # NNlib's logsoftmax rule: that frame must be class 1
+    ys = [[0, 1], [], [2, 2, 2, 2], [1, 1, 0], [1]]  # [2, 2, 2, 2] needs T >= 7: inf
+
+    def run():
+        a = torch.tensor(x, requires_grad=True)
+        loss = ctc_loss(a, ys, agg="none")
+        torch.where(torch.isfinite(loss), loss, 0.0).sum().backward()
+        return loss.detach().numpy(), a.grad.numpy()
+
+    fast_loss, fast_grad = run()
+    with fast.disabled():
+        ref_loss, ref_grad = run()
+    assert fast_loss.dtype == np.dtype(dtype) and fast_loss[2] == np.inf
+    tol = 1e-12 if dtype == "float64" else 1e-5
+    np.testing.assert_allclose(fast_loss, ref_loss, rtol=tol)
+    np.testing.assert_allclose(fast_grad, ref_grad, rtol=tol, atol=tol)
+    assert np.isfinite(fast_grad).all()
+
+
+def test_infinite_score_follows_nnlib_logsoftmax(backend):
+    x = np.array([[0.5, 1.0, -0.2], [np.inf, 0.0, 1.0], [0.3, 0.1, 0.2]])
+    lsm = x - np.log(np.exp(x).sum(-1, keepdims=True))
+    lsm[1] = [0.0, -np.inf, -np.inf]  # +inf entry → 0, the others → -inf
+    # Label [0] with frame 1 forced to class 0: paths b0b, 0 0 b, b 0 0, 0 0 0.
+    paths = [(2, 0, 2), (0, 0, 2), (2, 0, 0), (0, 0, 0)]
+    expected = -np.log(sum(np.exp(sum(lsm[t, k] for t, k in enumerate(p))) for p in paths))
+    assert_close(backend.call(ctc_loss, backend.asarray(x), [0]), expected, rtol=1e-12)

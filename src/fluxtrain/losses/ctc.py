@@ -168,6 +168,30 @@ def _per_sample_jax(x, lab, lens):
     return _JAX_PER_SAMPLE(x, lab, lens)
 
 
+@fast.register("ctc_loss.per_sample", "torch")
+def _per_sample_torch(x, lab, lens):
+    """PyTorch's native ``ctc_loss`` on ``log_softmax(x)`` (about 10x faster than the
+    Python time loop on CPU). Its gradient composed with log_softmax is the same
+    softmax - posterior; only first derivatives are available through it.
+
+    Differences made equal to the generic path: torch gives a NaN gradient for a sample
+    with no alignment, so ``zero_infinity=True`` is used and the inf is put back here.
+    Declines (returns None) when there are no labels at all (a width-0 target tensor)."""
+    import torch
+    import torch.nn.functional as F
+    N, T, C = x.shape
+    L = lab.shape[1]
+    if L == 0:
+        return None
+    lp = logsoftmax(x, axis=-1).transpose(0, 1)  # (T, N, C); NNlib's rule for +inf scores
+    loss = F.ctc_loss(lp, lab, torch.full((N,), T, dtype=torch.long, device=x.device), lens,
+                      blank=C - 1, reduction="none", zero_infinity=True)
+    # Shortest alignment: one frame per label plus a blank between equal neighbours.
+    pos = torch.arange(1, L, device=x.device)
+    repeats = ((lab[:, 1:] == lab[:, :-1]) & (pos < lens[:, None])).sum(dim=1)
+    return torch.where(lens + repeats <= T, loss, torch.full_like(loss, math.inf))
+
+
 def _aggregate(losses: Any, agg: str | Callable[[Any], Any], xp) -> Any:
     if callable(agg):
         return agg(losses)
@@ -249,8 +273,10 @@ def ctc_loss(yhat: Any, y: Any, /, *, agg: str | Callable[[Any], Any] = "mean") 
         x = xp.astype(x, dt)
 
     lab, lens = _labels(y, batch, C, xp, dev)  # (N, L) padded with the blank, (N,)
-    core = fast.lookup("ctc_loss.per_sample", xp) or _per_sample
-    loss = core(x, lab, lens)  # (N,)
+    kernel = fast.lookup("ctc_loss.per_sample", xp)
+    loss = kernel(x, lab, lens) if kernel is not None else None
+    if loss is None:  # no kernel, or it declined these inputs
+        loss = _per_sample(x, lab, lens)  # (N,)
     if batch is None:
         return loss[0]
     return _aggregate(loss, agg, xp)
