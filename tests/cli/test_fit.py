@@ -250,3 +250,11 @@ def test_parse_schedule():
     assert abs(float(s(1)) - 0.1) < 1e-12
     with pytest.raises(UserError, match="unknown schedule 'Adam'"):
         parse_schedule("Adam(0.1)")
+
+
+@needs_torch
+def test_old_rule_name_is_a_one_line_note(tmp_path, capsys):
+    assert fit("--data", "iris", "--epochs", "1", "--opt", "ADAM(0.01)", "--out", str(tmp_path)) == 0
+    cap = capsys.readouterr()
+    assert "opt Adam(eta=0.01" in cap.out
+    assert cap.err.strip() == "fluxtrain fit: note: `ADAM` is deprecated, use `Adam` instead (it builds Adam)."

@@ -263,3 +263,24 @@ def test_equinox_module_gradient():
     assert type(g) is type(lin)
     np.testing.assert_allclose(np.asarray(g.weight), [[1.0, -2.0]])
     np.testing.assert_allclose(np.asarray(g.bias), [1.0])
+
+
+# ----------------------------------------------------------------- properties
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None)
+@given(xs=st.lists(st.floats(-3, 3, allow_nan=False), min_size=1, max_size=6),
+       c=st.floats(-2, 2, allow_nan=False))
+def test_property_polynomial_gradient_on_both_backends(xs, c):
+    # d/dx sum(c*x^3 + x) = 3c x^2 + 1; d/dc = sum(x^3), on every AD backend available
+    x = np.asarray(xs)
+    expected_x, expected_c = 3 * c * x ** 2 + 1, float(np.sum(x ** 3))
+    for lib in [n for n, ok in (("torch", HAVE_TORCH), ("jax", HAVE_JAX)) if ok]:
+        from tests.util import Backend
+        xb = Backend(lib).asarray(x, "float64")
+        gx, gc = gradient(lambda x, c: (c * x ** 3 + x).sum(), xb, c)
+        np.testing.assert_allclose(Backend(lib).to_numpy(gx), expected_x, rtol=1e-12, atol=1e-12)
+        assert type(gc) is float
+        np.testing.assert_allclose(gc, expected_c, rtol=1e-12, atol=1e-12)

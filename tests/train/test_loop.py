@@ -239,3 +239,24 @@ def test_gradient_is_the_one_used():
         state, w = train(lambda m, t: ((m["w"] - t) ** 2).sum(), w, [(target,)], state, progress=False)
     g = gradient(lambda m: ((m["w"] - target) ** 2).sum(), w)[0]["w"]
     assert float(g.abs().max()) < 1e-10
+
+
+@pytest.mark.skipif(not HAVE_JAX, reason="no jax")
+def test_equinox_model_trains_through_return_value():
+    eqx = pytest.importorskip("equinox")
+    lin = eqx.nn.Linear(2, 1, key=jax.random.key(0))
+    x, y = jnp.asarray([[0.2, -0.3], [1.0, 0.5]]), jnp.asarray([[0.4], [0.1]])
+
+    def loss(m, x, y):
+        return jnp.mean((jax.vmap(m)(x) - y) ** 2)
+
+    state = setup(Adam(0.05), lin)
+    with pytest.raises(ArgumentError, match="cannot be updated in place"):
+        trainstep(loss, lin, (x, y), state)
+    first = float(loss(lin, x, y))
+    model = lin
+    for _ in range(30):
+        state, model = train(loss, model, [(x, y)], state, progress=False)
+    assert type(model) is type(lin)
+    assert float(loss(model, x, y)) < first / 10
+    np.testing.assert_array_equal(np.asarray(lin.weight), np.asarray(eqx.nn.Linear(2, 1, key=jax.random.key(0)).weight))
