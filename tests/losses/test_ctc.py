@@ -205,7 +205,9 @@ def test_impossible_alignment_is_inf_with_zero_gradient(ad_backend):
 def test_single_step_and_single_class():
     x = np.array([[0.5, -1.0, 2.0]])
     lsm = x - np.log(np.exp(x).sum())
-    assert float(ctc_loss(x, [1])) == pytest.approx(-lsm[0, 1])
+    out = ctc_loss(x, [1])
+    assert isinstance(out, np.ndarray) and out.shape == ()  # a 0-d array, not a NumPy scalar
+    assert float(out) == pytest.approx(-lsm[0, 1])
     assert float(ctc_loss(np.zeros((4, 1)), [])) == 0.0  # only the blank exists
 
 
@@ -267,6 +269,8 @@ def test_bad_batch_arguments():
         ctc_loss(x, [[0], [5]])
     with pytest.raises(ValueError, match="agg"):
         ctc_loss(x, [[0], [1]], agg="max")
+    with pytest.raises(TypeError, match="agg"):
+        ctc_loss(x, [[0], [1]], agg=5)
 
 
 def test_non_finite_scores_propagate():
@@ -314,3 +318,24 @@ def test_infinite_score_follows_nnlib_logsoftmax(backend):
     paths = [(2, 0, 2), (0, 0, 2), (2, 0, 0), (0, 0, 0)]
     expected = -np.log(sum(np.exp(sum(lsm[t, k] for t, k in enumerate(p))) for p in paths))
     assert_close(backend.call(ctc_loss, backend.asarray(x), [0]), expected, rtol=1e-12)
+
+
+@pytest.mark.skipif(not HAVE_JAX, reason="JAX is not installed")
+def test_jax_without_x64_float32_no_warnings():
+    # The test suite enables x64; JAX users mostly do not. Warnings are errors here, so an
+    # int64 request that JAX would truncate fails the test.
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np, jax, jax.numpy as jnp\n"
+        "from fluxtrain import ctc_loss\n"
+        "x = jnp.asarray(np.array([[1., 2, 3], [2, 1, 3], [3, 1, 2]], dtype=np.float32))\n"
+        "a = ctc_loss(x, [0, 1]); b = jax.jit(ctc_loss)(x, jnp.array([0, 1]))\n"
+        "g = jax.jit(jax.grad(lambda v, y: ctc_loss(v, y, agg='sum')))(jnp.stack([x, x]), jnp.array([[0, 1], [1, 0]]))\n"
+        "print(a.dtype, b.dtype, g.dtype, float(a), float(b))\n")
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    dts = out.stdout.split()
+    assert dts[:3] == ["float32"] * 3
+    assert float(dts[3]) == pytest.approx(3.6990738, rel=1e-6) and float(dts[4]) == pytest.approx(3.6990738, rel=1e-6)

@@ -8,13 +8,14 @@ space, batched over samples, differentiated by the backend's own autodiff (torch
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from .._backend import fast
 from .._backend import device_of, float_dtype, is_array, is_eager, namespace, to_numpy
-from .._backend.math import logsoftmax, stop_gradient
+from .._backend.math import as_result, logsoftmax, stop_gradient
+from .utils import aggregate, check_agg
 
 __all__ = ["ctc_loss"]
 
@@ -101,8 +102,11 @@ def _labels(y: Any, batch: int | None, n_classes: int, xp, device) -> tuple[Any,
         lab = y if batch is not None else y[None, :]
         if batch is not None and lab.ndim != 2:
             raise ValueError("ctc_loss: traced labels for a batch must be an (N, L) array")
-        lens = xp.full((lab.shape[0],), lab.shape[1], dtype=xp.int64, device=device)
-        return xp.astype(lab, xp.int64), lens
+        if not xp.isdtype(lab.dtype, "integral"):
+            raise ValueError(f"ctc_loss: y must hold integer labels, got dtype {lab.dtype}")
+        # The labels' own integer dtype: int64 may not exist (JAX without x64).
+        lens = xp.full((lab.shape[0],), lab.shape[1], dtype=lab.dtype, device=device)
+        return lab, lens
     if batch is None:
         seqs = [_labels_numpy(y, n_classes, "y")]
     else:
@@ -192,18 +196,6 @@ def _per_sample_torch(x, lab, lens):
     return torch.where(lens + repeats <= T, loss, torch.full_like(loss, math.inf))
 
 
-def _aggregate(losses: Any, agg: str | Callable[[Any], Any], xp) -> Any:
-    if callable(agg):
-        return agg(losses)
-    if agg == "mean":
-        return xp.mean(losses)
-    if agg == "sum":
-        return xp.sum(losses)
-    if agg == "none":
-        return losses
-    raise ValueError(f"ctc_loss: agg must be 'mean', 'sum', 'none' or a callable, got {agg!r}")
-
-
 def ctc_loss(yhat: Any, y: Any, /, *, agg: str | Callable[[Any], Any] = "mean") -> Any:
     """Connectionist temporal classification loss, Flux's (NNlib's) ``ctc_loss(ŷ, y)``.
 
@@ -264,8 +256,7 @@ def ctc_loss(yhat: Any, y: Any, /, *, agg: str | Callable[[Any], Any] = "mean") 
         raise ValueError(f"ctc_loss: ŷ needs at least one time step and one class, got shape "
                          f"{tuple(yhat.shape)}")
     batch = yhat.shape[0] if ndim == 3 else None
-    if not callable(agg) and agg not in ("mean", "sum", "none"):
-        raise ValueError(f"ctc_loss: agg must be 'mean', 'sum', 'none' or a callable, got {agg!r}")
+    check_agg(agg)
     dev = device_of(yhat)
     x = yhat if ndim == 3 else yhat[None, ...]
     dt = float_dtype(x, xp)
@@ -278,5 +269,5 @@ def ctc_loss(yhat: Any, y: Any, /, *, agg: str | Callable[[Any], Any] = "mean") 
     if loss is None:  # no kernel, or it declined these inputs
         loss = _per_sample(x, lab, lens)  # (N,)
     if batch is None:
-        return loss[0]
-    return _aggregate(loss, agg, xp)
+        return as_result(loss[0])
+    return aggregate(loss, agg, xp)
