@@ -339,3 +339,10 @@ def test_jax_without_x64_float32_no_warnings():
     dts = out.stdout.split()
     assert dts[:3] == ["float32"] * 3
     assert float(dts[3]) == pytest.approx(3.6990738, rel=1e-6) and float(dts[4]) == pytest.approx(3.6990738, rel=1e-6)
+
+
+def test_docstring_example():
+    import doctest
+    import fluxtrain.losses.ctc as mod
+    result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted >= 3

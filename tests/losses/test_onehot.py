@@ -206,3 +206,36 @@ def test_round_trip(case):
 def test_exported_at_top_level():
     for name in ("onehot", "onehotbatch", "onecold"):
         assert name in fluxtrain.__all__ and getattr(fluxtrain, name) is globals()[name]
+
+
+@settings(max_examples=30, deadline=None)
+@given(labels=st.lists(st.integers(-3, 3), min_size=1, max_size=6),
+       xs=st.lists(st.integers(-4, 4), max_size=8), use_default=st.booleans())
+def test_vectorised_path_equals_elementwise_onehot(labels, xs, use_default):
+    default = labels[-1] if use_default else None
+    extra = () if default is None else (default,)
+
+    def each():
+        return [onehot(x, labels, *extra).tolist() for x in xs]
+
+    try:
+        expected = each()
+    except ValueError as e:
+        with pytest.raises(ValueError, match="not found in labels"):
+            onehotbatch(np.array(xs, dtype=np.int64), labels, *extra)
+        assert "is not in labels" in str(e)
+        return
+    got = onehotbatch(np.array(xs, dtype=np.int64), labels, *extra)  # numeric, vectorised
+    objs = np.empty(len(xs), dtype=object)
+    objs[:] = [str(x) for x in xs]
+    by_host = onehotbatch(objs, [str(v) for v in labels], *(str(d) for d in extra))
+    assert got.reshape(len(xs), len(labels)).tolist() == expected
+    assert by_host.reshape(len(xs), len(labels)).tolist() == expected
+
+
+def test_docstring_examples():
+    import doctest
+    import importlib
+    mod = importlib.import_module("fluxtrain.onehot")  # the attribute is the function
+    result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0 and result.attempted >= 6
