@@ -197,3 +197,20 @@ def test_docstring_examples(mod):
     import importlib
     res = doctest.testmod(importlib.import_module(f"fluxtrain.optimise.{mod}"))
     assert res.failed == 0 and res.attempted > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_array_hyper_parameters_equal_python_floats(dtype):
+    """0-d array hyper-parameters (what a schedule gives under jax.jit) are cast to the
+    parameter dtype and give the same numbers as Python floats."""
+    x0 = np.linspace(-1, 1, 5).astype(dtype)
+    g = np.linspace(0.3, -0.2, 5).astype(dtype)
+    for make in (lambda e: ft.Adam(e), lambda e: ft.Nesterov(e), lambda e: ft.RAdam(e),
+                 lambda e: ft.AdamW(e, (0.9, 0.999), 0.1), lambda e: ft.Descent(e)):
+        a, b = x0.copy(), x0.copy()
+        sa, sb = ft.setup(make(0.01), a), ft.setup(make(np.asarray(0.01)), b)
+        for _ in range(3):
+            ft.update_(sa, a, g)
+            ft.update_(sb, b, g)
+        assert b.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(a, b)
