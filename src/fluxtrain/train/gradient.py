@@ -8,8 +8,6 @@ auxiliary outputs.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 import sys
 from typing import Any, Callable, NamedTuple
@@ -49,78 +47,27 @@ def _is_jax_array(x: Any) -> bool:
 def _node(x: Any):
     """``(keys, children, rebuild)`` when ``x`` is a container, else ``None`` (a leaf).
 
-    ``rebuild(children)`` makes a container of the same kind; dataclasses are copied and
-    their fields set directly, so ``__post_init__`` checks and ``frozen=True`` do not get
-    in the way of a gradient tree whose leaves are gradients or ``None``.
+    The optimise package's walker decides what a container is (dict, list, tuple,
+    NamedTuple, registered JAX pytree, dataclass), so gradient trees have the shapes that
+    ``update_`` expects. ``rebuild(children)`` makes a new container of the same kind
+    (dataclasses are copied with their fields set directly, so ``__post_init__`` checks
+    and ``frozen=True`` do not get in the way of leaves that are gradients or ``None``).
+    A ``torch.nn.Module`` is a leaf here; callers use :func:`module_tree` for it.
     """
-    if isinstance(x, dict):
-        keys = list(x.keys())
-        kind = type(x)
-
-        def rebuild(cs, keys=keys, kind=kind):
-            try:
-                return kind(zip(keys, cs))
-            except TypeError:  # e.g. defaultdict
-                return dict(zip(keys, cs))
-        return keys, [x[k] for k in keys], rebuild
-    if isinstance(x, tuple):
-        if hasattr(x, "_fields"):  # namedtuple
-            return list(x._fields), list(x), lambda cs, kind=type(x): kind(*cs)
-        return list(range(len(x))), list(x), tuple
-    if isinstance(x, list):
-        return list(range(len(x))), list(x), list
-    if x is None or _is_torch_tensor(x) or _is_jax_array(x) or _is_torch_module(x):
+    if x is None or _is_torch_module(x):
         return None
-    if _is_registered_pytree(x):
-        jtu = sys.modules["jax"].tree_util
-        kl, treedef = jtu.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
-        keys = [_key_name(k[-1]) if k else str(i) for i, (k, _) in enumerate(kl)]
-        return keys, [c for _, c in kl], treedef.unflatten
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        names = [f.name for f in dataclasses.fields(x)]
-
-        def rebuild(cs, x=x, names=names):
-            new = copy.copy(x)
-            for n, c in zip(names, cs):
-                object.__setattr__(new, n, c)
-            return new
-        return names, [getattr(x, n) for n in names], rebuild
-    return None
-
-
-def _is_registered_pytree(x: Any) -> bool:
-    """A class registered with ``jax.tree_util`` (equinox modules, flax structs, ...)."""
-    if "jax" not in sys.modules:
-        return False
-    jtu = sys.modules["jax"].tree_util
-    try:
-        return not jtu.treedef_is_leaf(jtu.tree_structure(x))
-    except Exception:  # noqa: BLE001 - an object jax cannot inspect is a leaf
-        return False
-
-
-def _key_name(k: Any) -> str:
-    for attr in ("name", "key", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
+    from ..optimise.tree import children, rebuild
+    ch = children(x)
+    if ch is None:
+        return None
+    kind, keys, values = ch
+    return keys, values, (lambda cs: rebuild(x, kind, keys, list(cs), False))
 
 
 def module_tree(module: Any, leaf: Callable[[Any], Any]) -> dict:
-    """The gradient-tree shape of a ``torch.nn.Module`` (the optimise package's convention):
-    own parameters (``named_parameters(recurse=False)``), then ``{child: child_tree}``."""
-    try:
-        from ..optimise.tree import module_tree as mt  # the one definition, when present
-    except ImportError:
-        mt = None
-    if mt is not None:
-        return mt(module, leaf=leaf)
-    out: dict[str, Any] = {}
-    for name, p in module.named_parameters(recurse=False):
-        out[name] = leaf(p)
-    for name, child in module.named_children():
-        out[name] = module_tree(child, leaf)
-    return out
+    """The gradient-tree shape of a ``torch.nn.Module``: ``fluxtrain.optimise.tree.module_tree``."""
+    from ..optimise.tree import module_tree as mt
+    return mt(module, leaf=leaf)
 
 
 def tree_leaves_with_path(x: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -54,19 +54,15 @@ def _updates_in_place(model: Any) -> bool:
     """Can ``update_`` change ``model`` so that the caller's reference sees it? True for
     torch modules and mutable containers (dict, list, non-frozen dataclass) at the root, and
     for any tree whose arrays are all writeable (NumPy, torch)."""
-    if _is_torch_module(model) or isinstance(model, (dict, list)):
+    from ..optimise.tree import children
+    if _is_torch_module(model):
         return True
-    import dataclasses
-    if (dataclasses.is_dataclass(model) and not isinstance(model, type)
-            and not type(model).__dataclass_params__.frozen and not _is_registered(model)):
+    ch = children(model)
+    if ch is not None and (ch[0] in ("dict", "list") or (
+            ch[0] == "dataclass" and not type(model).__dataclass_params__.frozen)):
         return True
     arrays = [x for _, x in tree_leaves_with_path(model) if hasattr(x, "shape") and hasattr(x, "dtype")]
     return all(is_writeable(x) and not _is_jax_array(x) for x in arrays)
-
-
-def _is_registered(x: Any) -> bool:
-    from .gradient import _is_registered_pytree
-    return _is_registered_pytree(x)
 
 
 def _as_state(state: Any, model: Any) -> Any:
