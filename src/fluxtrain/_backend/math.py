@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import asarrays, check_domain, is_array, is_eager, namespace
+from . import asarrays, check_domain, device_of, is_array, is_eager, namespace
 from . import fast
 
 __all__ = [
@@ -223,7 +223,7 @@ def logsigmoid(x: Any) -> Any:
 def _xlogy(x: Any, y: Any, xp, what: str = "y") -> Any:
     """xlogy on arrays already converted (``x`` float, ``y`` float); see :func:`xlogy`."""
     if not is_array(x):
-        x = xp.asarray(x, dtype=y.dtype)
+        x = xp.asarray(x, dtype=y.dtype, device=device_of(y))
     neg = y < 0
     check_domain(neg, f"{_NEG_LOG_MSG}: {what} has a negative entry", x, y)
     # Where x == 0 and log(y) would be -Inf/Inf/NaN, take log(1) = 0 instead: the value is

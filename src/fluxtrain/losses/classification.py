@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import asarrays, check_domain, is_array, is_eager
+from .._backend import asarrays, check_domain, device_of, is_array, is_eager
 from .._backend.math import _xlogy, as_result, logsigmoid, logsoftmax, to_float
 from .._errors import ArgumentError
 from .._backend.math import quiet
@@ -260,13 +260,15 @@ def label_smoothing(y: Any, alpha: Any, /, *, axis: int | None = -1) -> Any:
                             f"got {axis!r}")
     if is_array(y) and xp.isdtype(y.dtype, "real floating"):
         dt = y.dtype
-    elif hasattr(alpha, "dtype") and np.issubdtype(np.dtype(str(alpha.dtype).split(".")[-1]), np.floating):
-        dt = getattr(xp, str(alpha.dtype).split(".")[-1])
+    elif str(getattr(alpha, "dtype", "")).rsplit(".", 1)[-1] in ("float16", "float32", "float64"):
+        # A typed α (np.float32(0.2), a 0-d tensor) decides, like Julia's 0.2f0.
+        dt = getattr(xp, str(alpha.dtype).rsplit(".", 1)[-1])
     else:
         dt = xp.float64
     y = to_float(y, xp, dt) if is_array(y) else xp.asarray(float(y), dtype=dt)
-    a = xp.asarray(alpha, dtype=dt) if not is_array(alpha) or isinstance(alpha, np.generic) else xp.astype(alpha, dt)
+    dev = device_of(y)
+    a = xp.asarray(float(alpha), dtype=dt, device=dev) if not is_array(alpha) or isinstance(alpha, np.generic) else xp.astype(alpha, dt)
     if axis is None:
         return as_result(y * (1 - a) + a * 0.5)
     n = y.shape[-1] if y.ndim >= 1 else 1
-    return as_result(y * (1 - a) + a * xp.asarray(1 / n, dtype=dt))
+    return as_result(y * (1 - a) + a * xp.asarray(1 / n, dtype=dt, device=dev))

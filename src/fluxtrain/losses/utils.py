@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 from typing import Any, Callable, Union
 
-from .._backend import asarrays, eps_for, is_array
+from .._backend import asarrays, device_of, eps_for, is_array
 from .._backend.math import as_result, to_float
 from .._errors import DimensionMismatch
 
@@ -107,4 +107,4 @@ def float_param(v: Any, yhat: Any, xp) -> Any:
         # Round to ŷ's precision now (an exact Python float afterwards), so that later
         # Python arithmetic such as 0.5 * delta or 1 - beta matches Julia's Float32 maths.
         return float(np.asarray(v, dtype={16: np.float16, 32: np.float32}.get(bits, np.float64)))
-    return xp.astype(xp.asarray(v), yhat.dtype)
+    return xp.astype(xp.asarray(v, device=device_of(yhat)), yhat.dtype) if not is_array(v) else xp.astype(v, yhat.dtype)
