@@ -1,0 +1,277 @@
+"""PyTorch fast paths for the optimiser walker.
+
+Per group of same-dtype, same-device tensors (see :mod:`fluxtrain._backend.fast` for the
+kernel signature):
+
+* ``Adam``, ``AdamW`` and ``OptimiserChain([ClipNorm(p=2)], [WeightDecay], Adam|AdamW)``:
+  torch's own fused multi-tensor kernels ``torch._fused_adam_`` / ``torch._fused_adamw_``
+  (CPU and CUDA), one pass per array. Flux's bias correction uses running products
+  ``beta^t`` kept in the state, torch's uses a step count; the kernel is therefore called
+  with a step so large that torch's own correction is 1, and Flux's correction is folded
+  into the learning rate and epsilon:
+  ``eta*(m/c1)/(sqrt(v/c2)+eps) == (eta*sqrt(c2)/c1) * m / (sqrt(v) + eps*sqrt(c2))``
+  with ``c = 1 - beta^t`` computed exactly as the generic rule does. Equal to the generic
+  path up to rounding order (a few ulps per step; tests use rtol 1e-5 on float32
+  trajectories, 1e-12 on float64).
+* ``Momentum``, ``Lion`` (and their ``ClipNorm``/``WeightDecay`` chains): on CPU, the
+  numba kernels of :mod:`fluxtrain._backend.fast_numpy` on zero-copy NumPy views of the
+  tensors (bit-for-bit equal to the generic path); without numba, or on other devices,
+  an exact ``torch._foreach_*`` sequence (the same operations as the generic rule, so also
+  bit-for-bit) for the plain rules, and the generic path for the chains.
+
+Parameters written through NumPy views get their autograd version counter bumped, as an
+in-place torch op would.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import fast, fast_numpy
+from ..optimise.base import Replace
+
+_STEP_CACHE: dict[Any, torch.Tensor] = {}
+
+
+def _huge_step(device) -> torch.Tensor:
+    """A step count for which torch's ``1 - beta**step`` is exactly 1."""
+    t = _STEP_CACHE.get(device)
+    if t is None:
+        t = _STEP_CACHE[device] = torch.tensor(1e30, dtype=torch.float32, device=device)
+    return t
+
+
+def _np_type(dtype):
+    return np.float32 if dtype == torch.float32 else np.float64
+
+
+def _supported(xs) -> bool:
+    x0 = xs[0]
+    return x0.dtype in (torch.float32, torch.float64)
+
+
+def _same_tensors(xs, arrs) -> bool:
+    x0 = xs[0]
+    for x, a in zip(xs, arrs):
+        if not isinstance(a, torch.Tensor) or a.shape != x.shape or a.dtype != x0.dtype or a.device != x0.device:
+            return False
+    return True
+
+
+# ------------------------------------------------------------------------- numba route
+
+def _view(t, write: bool):
+    if (not isinstance(t, torch.Tensor) or t.device.type != "cpu" or not t.is_contiguous()
+            or t.is_conj() or t.is_neg()):
+        return None
+    return t.detach().numpy().reshape(-1)
+
+
+def _copy(t):
+    return t.detach().clone(memory_format=torch.contiguous_format)
+
+
+def _numba(rules, states, xs, gs, inplace):
+    ks = fast_numpy.kernels()
+    if ks is None or xs[0].device.type != "cpu":
+        return NotImplemented
+    recipes = fast_numpy.plan(rules, states, xs, str(xs[0].dtype))
+    if recipes is None:
+        return NotImplemented
+    xp = _xp(xs[0])
+    out = fast_numpy.run_numba(recipes, states, xs, gs, ks, xp, _view, _copy, inplace)
+    if out is not NotImplemented and inplace:
+        _bump(xs)
+    return out
+
+
+def _bump(xs) -> None:
+    """Tell autograd the tensors changed (NumPy-view writes and the fused kernels do not)."""
+    bump = getattr(torch.autograd.graph, "increment_version", None)
+    if bump is not None:
+        for x in xs:
+            bump(x)
+
+
+def _xp(x):
+    from . import namespace
+    return namespace(x)
+
+
+# ------------------------------------------------------------------------- fused Adam
+
+def _adam_fused(rules, states, xs, gs, inplace):
+    from ..optimise import Adam, AdamW
+    from ..optimise.base import _caster_for, eps_cast
+    if not _supported(xs):
+        return NotImplemented
+    infos = []
+    for rule in rules:
+        info = fast_numpy._base_and_prefix(rule)
+        if info is None or not isinstance(info[0], (Adam, AdamW)):
+            return NotImplemented
+        infos.append(info)
+    inners = []
+    for rule, st in zip(rules, states):
+        inner = st if isinstance(rule, (Adam, AdamW)) else st[-1]
+        if not (isinstance(inner, tuple) and len(inner) == 3 and isinstance(inner[2], tuple) and len(inner[2]) == 2):
+            return NotImplemented
+        inners.append(inner)
+    ms = [s[0] for s in inners]
+    vs = [s[1] for s in inners]
+    if not (_same_tensors(xs, ms) and _same_tensors(xs, vs) and _same_tensors(xs, gs)):
+        return NotImplemented
+    bt1 = [s[2][0] for s in inners]
+    bt2 = [s[2][1] for s in inners]
+    if not all(isinstance(b, torch.Tensor) and b.dtype == xs[0].dtype for b in bt1 + bt2):
+        return NotImplemented
+    T = _caster_for(str(xs[0].dtype).replace("torch.", ""))
+    f = _np_type(xs[0].dtype)
+    dev = xs[0].device
+
+    # -- everything that can fail, before any write: clip norms (ClipNorm's DomainError)
+    scales: list = [None] * len(xs)
+    clip_idx = [i for i, (_, clip, _) in enumerate(infos) if clip is not None]
+    if clip_idx:
+        xp = _xp(xs[0])
+        for i in clip_idx:
+            scales[i] = fast_numpy.clip_scale(infos[i][1], xs[i], gs[i], xp)
+    bvals = torch.stack([b.reshape(()) for b in bt1 + bt2]).tolist() if xs else []
+    n = len(xs)
+
+    if not inplace:
+        xs = [_copy(x) for x in xs]
+        ms = [_copy(m) for m in ms]
+        vs = [_copy(v) for v in vs]
+    grads = list(gs)
+    if clip_idx:
+        scaled = torch._foreach_mul([gs[i] for i in clip_idx], [scales[i] for i in clip_idx])
+        for i, g in zip(clip_idx, scaled):
+            grads[i] = g
+
+    # -- group by everything the fused call takes as a scalar
+    groups: dict[tuple, list[int]] = {}
+    for i, (base, clip, decay) in enumerate(infos):
+        b1, b2 = T(base.beta[0]), T(base.beta[1])
+        c1 = float(f(1) - f(bvals[i]))
+        c2 = float(f(1) - f(bvals[n + i]))
+        wd = T(decay.lambda_) if decay is not None else 0.0
+        if isinstance(base, Adam):
+            kind, eps, dec = "adam", eps_cast(T, base.epsilon), 0.0
+        else:
+            kind, eps = "adamw", T(base.epsilon)
+            dec = (T(base.eta) * T(base.lambda_)) if base.couple else T(base.lambda_)
+            if wd:
+                return NotImplemented  # WeightDecay before AdamW: two decays, keep generic
+        key = (kind, T(base.eta), b1, b2, eps, c1, c2, wd, dec)
+        groups.setdefault(key, []).append(i)
+    step = _huge_step(dev)
+    for (kind, eta, b1, b2, eps, c1, c2, wd, dec), idx in groups.items():
+        s2 = math.sqrt(c2)
+        lr = eta * s2 / c1
+        args = ([xs[i] for i in idx], [grads[i] for i in idx], [ms[i] for i in idx], [vs[i] for i in idx],
+                [], [step] * len(idx))
+        if kind == "adam":
+            torch._fused_adam_(*args, lr=lr, beta1=b1, beta2=b2, weight_decay=wd, eps=eps * s2,
+                               amsgrad=False, maximize=False)
+        else:  # torch's AdamW multiplies x by 1 - lr*weight_decay first
+            torch._fused_adamw_(*args, lr=lr, beta1=b1, beta2=b2, weight_decay=dec / lr if lr else 0.0,
+                                eps=eps * s2, amsgrad=False, maximize=False)
+    if inplace:
+        _bump(xs)
+    # the running products advance exactly as in the generic rule: bt * T(beta)
+    nb1 = torch._foreach_mul(bt1, [T(i[0].beta[0]) for i in infos])
+    nb2 = torch._foreach_mul(bt2, [T(i[0].beta[1]) for i in infos])
+    out = []
+    for i, (rule, st) in enumerate(zip(rules, states)):
+        inner = (ms[i], vs[i], (nb1[i], nb2[i]))
+        new = inner if st is inners[i] else tuple(st[:-1]) + (inner,)
+        out.append((new, Replace(xs[i])))
+    return out
+
+
+# ------------------------------------------------------------------------- exact foreach
+
+def _momentum_foreach(rules, states, xs, gs, inplace):
+    from ..optimise import Momentum
+    from ..optimise.base import _caster_for
+    if not all(type(r) is Momentum for r in rules) or not _supported(xs):
+        return NotImplemented
+    if not (_same_tensors(xs, states) and _same_tensors(xs, gs)):
+        return NotImplemented
+    T = _caster_for(str(xs[0].dtype).replace("torch.", ""))
+    r0 = rules[0]
+    if not all(r == r0 for r in rules):
+        return NotImplemented
+    rho, eta = T(r0.rho), T(r0.eta)
+    vs = list(states) if inplace else [_copy(v) for v in states]
+    # v <- rho*v + eta*g exactly as the generic rule (no alpha=: that would be an FMA)
+    torch._foreach_mul_(vs, rho)
+    torch._foreach_add_(vs, torch._foreach_mul(gs, eta))
+    if inplace:
+        torch._foreach_sub_(xs, vs)
+        return [(v, Replace(x)) for v, x in zip(vs, xs)]
+    return [(v, Replace(x)) for v, x in zip(vs, torch._foreach_sub(xs, vs))]
+
+
+def _lion_foreach(rules, states, xs, gs, inplace):
+    from ..optimise import Lion
+    from ..optimise.base import _caster_for
+    if not all(type(r) is Lion for r in rules) or not _supported(xs):
+        return NotImplemented
+    if not (_same_tensors(xs, states) and _same_tensors(xs, gs)):
+        return NotImplemented
+    r0 = rules[0]
+    if not all(r == r0 for r in rules):
+        return NotImplemented
+    T = _caster_for(str(xs[0].dtype).replace("torch.", ""))
+    b1, b2 = T(r0.beta[0]), T(r0.beta[1])
+    ss = list(states) if inplace else [_copy(s) for s in states]
+    # s <- b2*g + (1-b2)*s; d = eta*sign((b2-b1)*g + b1*s), operation by operation
+    t = torch._foreach_mul(gs, b2)
+    torch._foreach_mul_(ss, T(1 - b2))
+    torch._foreach_add_(ss, t)
+    c = torch._foreach_mul(gs, T(b2 - b1))
+    torch._foreach_add_(c, torch._foreach_mul(ss, b1))
+    torch._foreach_sign_(c)
+    torch._foreach_mul_(c, T(r0.eta))
+    if inplace:
+        torch._foreach_sub_(xs, c)
+        return [(s, Replace(x)) for s, x in zip(ss, xs)]
+    return [(s, Replace(x)) for s, x in zip(ss, torch._foreach_sub(xs, c))]
+
+
+# ------------------------------------------------------------------------- dispatch
+
+def _is_adam_family(rules) -> bool:
+    from ..optimise import Adam, AdamW
+    info = fast_numpy._base_and_prefix(rules[0])
+    return info is not None and isinstance(info[0], (Adam, AdamW))
+
+
+def _update_torch(rules, states, xs, gs, *, inplace):
+    if not xs:
+        return NotImplemented
+    if _is_adam_family(rules):
+        res = _adam_fused(rules, states, xs, gs, inplace)
+        if res is not NotImplemented:
+            return res
+    res = _numba(rules, states, xs, gs, inplace)
+    if res is not NotImplemented:
+        return res
+    res = _momentum_foreach(rules, states, xs, gs, inplace)
+    if res is not NotImplemented:
+        return res
+    return _lion_foreach(rules, states, xs, gs, inplace)
+
+
+def _register() -> None:
+    from ..optimise import Adam, AdamW, Lion, Momentum, OptimiserChain
+    for cls in (Adam, AdamW, Momentum, Lion, OptimiserChain):
+        fast.register(("update_", cls), "torch")(_update_torch)
+
+
+_register()

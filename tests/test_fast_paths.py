@@ -1,0 +1,285 @@
+"""Every optimiser fast path (``fluxtrain._backend.fast_*``) against the generic array-API
+path (``fast.disabled()``): parameters and full state after multi-step trajectories, in
+float32 and float64, in place (``update_``) and pure (``update``), plus the fallbacks.
+
+Tolerances: the NumPy numba kernels, torch's numba route and torch's exact foreach
+sequences are bit for bit; torch's fused Adam/AdamW (bias correction folded into lr/eps)
+and JAX's jitted group step (XLA contracts a*b+c into FMAs) agree to a few ulps per step.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import fluxtrain as ft
+from fluxtrain._backend import fast
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+
+RULES = {
+    "Adam": lambda: ft.Adam(0.01),
+    "AdamW": lambda: ft.AdamW(0.01, (0.9, 0.999), 0.1),
+    "AdamW-decoupled": lambda: ft.AdamW(0.01, (0.8, 0.99), 0.01, couple=False),
+    "Momentum": lambda: ft.Momentum(0.05, 0.8),
+    "Lion": lambda: ft.Lion(0.01, (0.9, 0.99)),
+    "Chain-Clip-WD-Adam": lambda: ft.OptimiserChain(ft.ClipNorm(1.0), ft.WeightDecay(0.01), ft.Adam(0.01)),
+    "Chain-WD-Lion": lambda: ft.OptimiserChain(ft.WeightDecay(0.1), ft.Lion(0.01)),
+    "Chain-Clip-Momentum": lambda: ft.OptimiserChain(ft.ClipNorm(0.5), ft.Momentum(0.05)),
+}
+SHAPES = {"w": (7, 5), "b": (5,), "big": (3000,), "s": ()}
+
+
+def _exact(lib: str, name: str) -> bool:
+    if lib == "numpy":
+        return True
+    if lib == "torch":
+        return "Adam" not in name
+    return False
+
+
+def _check(a, b, lib, name, dtype):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    if _exact(lib, name):
+        np.testing.assert_array_equal(a, b)
+    else:
+        rtol = 2e-5 if dtype == "float32" else 1e-12
+        scale = float(np.max(np.abs(b))) if b.size else 0.0
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale)
+
+
+def _model(backend, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return {k: backend.asarray(rng.standard_normal(s), dtype) for k, s in SHAPES.items()}
+
+
+def _grads(backend, dtype, steps, seed=1):
+    rng = np.random.default_rng(seed)
+    return [{k: backend.asarray(rng.standard_normal(s) * (3 if i % 3 == 0 else 0.3), dtype)
+             for k, s in SHAPES.items()} for i in range(steps)]
+
+
+def _flat(state):
+    return ft.flatten_state(state)
+
+
+def _trajectory(backend, rule, dtype, pure, steps=6, disabled=False):
+    model = _model(backend, dtype)
+    state = ft.setup(rule, model)
+    for g in _grads(backend, dtype, steps):
+        if disabled:
+            with fast.disabled():
+                state, model = (ft.update if pure else ft.update_)(state, model, g)
+        else:
+            state, model = (ft.update if pure else ft.update_)(state, model, g)
+    return state, model
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(RULES))
+@pytest.mark.parametrize("pure", [False, True], ids=["update_", "update"])
+def test_fast_matches_generic(eager_backend, name, dtype, pure):
+    """Parameters and every state array after 6 steps, fast vs generic."""
+    rule = RULES[name]()
+    s1, m1 = _trajectory(eager_backend, rule, dtype, pure)
+    s2, m2 = _trajectory(eager_backend, rule, dtype, pure, disabled=True)
+    lib = eager_backend.lib
+    for k in SHAPES:
+        _check(eager_backend.to_numpy(m1[k]), eager_backend.to_numpy(m2[k]), lib, name, dtype)
+    f1, f2 = _flat(s1), _flat(s2)
+    assert f1.keys() == f2.keys()
+    for k in f1:
+        _check(f1[k], f2[k], lib, name, dtype)
+
+
+def _kernel_result(backend, rule, dtype):
+    """Call the registered kernel directly (the walker would silently fall back)."""
+    model = _model(backend, dtype)
+    state = ft.setup(rule, model)
+    g = _grads(backend, dtype, 1)[0]
+    kernel = fast.lookup(("update_", type(rule)), backend.xp)
+    assert kernel is not None, f"no fast path registered for {type(rule).__name__} on {backend.lib}"
+    keys = list(SHAPES)
+    return kernel([rule] * len(keys), [state[k].state for k in keys], [model[k] for k in keys],
+                  [g[k] for k in keys], inplace=True)
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_kernel_is_really_used(eager_backend, name):
+    """The fast path must not fall back on its own supported cases (float32)."""
+    if eager_backend.lib == "numpy" and not HAVE_NUMBA:
+        pytest.skip("the NumPy fast path needs numba")
+    if eager_backend.lib == "torch" and not HAVE_NUMBA and name.startswith("Chain") and "Adam" not in name:
+        pytest.skip("torch's Momentum/Lion chains need numba")
+    res = _kernel_result(eager_backend, RULES[name](), "float32")
+    assert res is not NotImplemented
+    assert len(res) == len(SHAPES)
+
+
+def test_numpy_without_numba_falls_back(monkeypatch):
+    """With numba missing, the NumPy kernels return NotImplemented and the generic path runs."""
+    from fluxtrain._backend import fast_numpy
+    monkeypatch.setattr(fast_numpy, "_KERNELS", False)
+    from tests.util import Backend
+    b = Backend("numpy")
+    assert _kernel_result(b, ft.Adam(), "float32") is NotImplemented
+    s1, m1 = _trajectory(b, ft.Adam(), "float32", pure=False)
+    s2, m2 = _trajectory(b, ft.Adam(), "float32", pure=False, disabled=True)
+    for k in SHAPES:
+        np.testing.assert_array_equal(m1[k], m2[k])
+
+
+def test_torch_without_numba_uses_exact_foreach(monkeypatch):
+    pytest.importorskip("torch")
+    from fluxtrain._backend import fast_numpy
+    monkeypatch.setattr(fast_numpy, "_KERNELS", False)
+    from tests.util import Backend
+    b = Backend("torch")
+    for name in ("Momentum", "Lion"):
+        assert _kernel_result(b, RULES[name](), "float32") is not NotImplemented
+        for dtype in ("float32", "float64"):
+            s1, m1 = _trajectory(b, RULES[name](), dtype, pure=False)
+            s2, m2 = _trajectory(b, RULES[name](), dtype, pure=False, disabled=True)
+            for k in SHAPES:
+                np.testing.assert_array_equal(b.to_numpy(m1[k]), b.to_numpy(m2[k]))
+
+
+def test_pure_update_does_not_mutate(eager_backend):
+    for name in ("Adam", "Lion", "Chain-Clip-Momentum"):
+        rule = RULES[name]()
+        model = _model(eager_backend, "float32")
+        state = ft.setup(rule, model)
+        g = _grads(eager_backend, "float32", 1)[0]
+        ft.update_(state, model, g)  # a non-trivial state first
+        before_m = {k: eager_backend.to_numpy(v).copy() for k, v in model.items()}
+        before_s = {k: v.copy() for k, v in _flat(state).items()}
+        new_state, new_model = ft.update(state, model, g)
+        for k in SHAPES:
+            np.testing.assert_array_equal(eager_backend.to_numpy(model[k]), before_m[k])
+            assert not np.array_equal(eager_backend.to_numpy(new_model[k]), before_m[k]) or k == "s"
+        after = _flat(state)
+        for k in before_s:
+            np.testing.assert_array_equal(after[k], before_s[k])
+
+
+def test_mixed_hyperparameters_and_lagging_state(eager_backend):
+    """One group, several Adam variants and beta^t values (a Leaf frozen for some steps)."""
+    dtype = "float32"
+
+    def run(disabled):
+        model = _model(eager_backend, dtype)
+        state = ft.setup(ft.Adam(0.01), model)
+        ft.adjust_(state["b"], 0.1)
+        ft.adjust_(state["w"], beta=(0.8, 0.95))
+        for i, g in enumerate(_grads(eager_backend, dtype, 6)):
+            if i == 1:
+                ft.freeze_(state["big"])
+            if i == 3:
+                ft.thaw_(state["big"])
+            if disabled:
+                with fast.disabled():
+                    state, model = ft.update_(state, model, g)
+            else:
+                state, model = ft.update_(state, model, g)
+        return state, model
+
+    (s1, m1), (s2, m2) = run(False), run(True)
+    for k in SHAPES:
+        _check(eager_backend.to_numpy(m1[k]), eager_backend.to_numpy(m2[k]), eager_backend.lib, "Adam", dtype)
+
+
+@pytest.mark.parametrize("name", ["Chain-Clip-WD-Adam", "Chain-Clip-Momentum"])
+def test_clipnorm_error_leaves_everything_untouched(eager_backend, name):
+    rule = RULES[name]()
+    model = _model(eager_backend, "float32")
+    state = ft.setup(rule, model)
+    g = _grads(eager_backend, "float32", 1)[0]
+    bad = dict(g)
+    bad["b"] = eager_backend.asarray([1.0, np.inf, 0.0, 0.0, 0.0], "float32")
+    before = {k: eager_backend.to_numpy(v).copy() for k, v in model.items()}
+    before_s = {k: v.copy() for k, v in _flat(state).items()}
+    with pytest.raises(ft.DomainError):
+        ft.update_(state, model, bad)
+    for k in SHAPES:
+        np.testing.assert_array_equal(eager_backend.to_numpy(model[k]), before[k])
+    for k, v in _flat(state).items():
+        np.testing.assert_array_equal(v, before_s[k])
+
+
+def test_numpy_noncontiguous_and_readonly_fall_back():
+    x = np.asfortranarray(np.arange(12.0).reshape(3, 4))   # not C-contiguous
+    y = np.arange(5.0)
+    model = {"x": x, "y": y}
+    ref = {k: v.copy() for k, v in model.items()}
+    g = {"x": np.ones((3, 4)), "y": np.ones(5)}
+    s1 = ft.setup(ft.Adam(0.1), model)
+    s2 = ft.setup(ft.Adam(0.1), ref)
+    ft.update_(s1, model, g)
+    with fast.disabled():
+        ft.update_(s2, ref, g)
+    assert model["x"] is x  # still written in place
+    np.testing.assert_array_equal(x, ref["x"])
+    np.testing.assert_array_equal(y, ref["y"])
+
+
+def test_float16_uses_generic(eager_backend):
+    model = {"w": eager_backend.asarray(np.linspace(-1, 1, 10), "float16")}
+    g = {"w": eager_backend.asarray(np.ones(10), "float16")}
+    kernel = fast.lookup(("update_", ft.Adam), eager_backend.xp)
+    if kernel is None:
+        pytest.skip("no kernel")
+    state = ft.setup(ft.Adam(), model)
+    res = kernel([ft.Adam()], [state["w"].state], [model["w"]], [g["w"]], inplace=False)
+    if eager_backend.lib != "jax":  # JAX's jitted generic step handles any dtype
+        assert res is NotImplemented
+
+
+def test_torch_module_grad_and_version_counter():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    ref = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    ref.load_state_dict(net.state_dict())
+    x = torch.randn(16, 4)
+    for rule, name in ((ft.Lion(0.01), "Lion"), (ft.Adam(0.01), "Adam")):
+        s1, s2 = ft.setup(rule, net), ft.setup(rule, ref)
+        for _ in range(3):
+            for m in (net, ref):
+                m.zero_grad()
+                m(x).pow(2).mean().backward()
+            v0 = net[0].weight._version
+            ft.update_(s1, net)
+            assert net[0].weight._version > v0  # autograd sees the in-place write
+            with fast.disabled():
+                ft.update_(s2, ref)
+        for p, q in zip(net.parameters(), ref.parameters()):
+            _check(p.detach().numpy(), q.detach().numpy(), "torch", name, "float32")
+
+
+def test_jax_update__donates_but_update_does_not():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    model = {"w": jnp.ones((100,), jnp.float32), "b": jnp.zeros((3,), jnp.float32)}
+    g = {"w": jnp.full((100,), 0.5, jnp.float32), "b": jnp.ones((3,), jnp.float32)}
+    state = ft.setup(ft.Adam(), model)
+    new_state, new_model = ft.update(state, model, g)
+    assert float(model["w"][0]) == 1.0  # inputs of the pure update stay alive and unchanged
+    old_w = model["w"]
+    state, model = ft.update_(state, model, g)
+    np.testing.assert_allclose(np.asarray(model["w"]), np.asarray(new_model["w"]), rtol=1e-6)
+    assert old_w.is_deleted()  # donated: the in-place contract
+    state, model = ft.update_(state, model, g)  # the rebound arrays keep working
+    assert np.isfinite(np.asarray(model["w"])).all()
+
+
+def test_jax_gradient_aliasing_parameter_is_not_donated():
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+    w = jnp.ones((10,), jnp.float32)
+    model = [w]
+    state = ft.setup(ft.Momentum(0.1), model)
+    state, model = ft.update_(state, model, [w])  # the gradient is the parameter itself
+    assert not w.is_deleted()
+    np.testing.assert_allclose(np.asarray(model[0]), 0.9, rtol=1e-6)
