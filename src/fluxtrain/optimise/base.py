@@ -73,9 +73,15 @@ class _Caster:
         self.is_half = npd.itemsize <= 2
         self.dtype = dtype
 
-    def __call__(self, v: Any) -> float:
-        if is_array(v):  # a traced hyper-parameter (a Scheduler rule under jax.jit)
-            return namespace(v).astype(v, _np_dtype(str(self.dtype)))
+    def __call__(self, v: Any) -> Any:
+        if is_array(v):
+            # an array hyper-parameter (e.g. a Scheduler's value traced under jax.jit): a
+            # 0-d array of the parameter dtype, so the rule's maths stays in that dtype
+            dt = _np_dtype(self.dtype) if isinstance(self.dtype, str) else self.dtype
+            return namespace(v).astype(v, dt)
+        if self.is_half and abs(v) > 6.5e4:  # overflows to inf, as Julia's Float16 does
+            with np.errstate(over="ignore"):
+                return float(self.type(v))
         return float(self.type(v))
 
 
@@ -100,9 +106,12 @@ def caster(x: Any) -> _Caster:
 def eps_cast(T: _Caster, e: float) -> float:
     """Optimisers' ``_eps(T, e)``: ``T(e)``, but at least ``T(1e-7)`` for 16-bit floats so a
     small epsilon is not rounded to zero (an ``e`` of exactly 0 stays 0)."""
-    if T.is_half and e != 0:
-        return max(T(1e-7), T(e))
-    return T(e)
+    if not T.is_half:
+        return T(e)
+    if is_array(e):  # traced: no Python branch on its value
+        xp = namespace(e)
+        return xp.where(e == 0, T(e), xp.maximum(T(e), T(1e-7)))
+    return T(e) if e == 0 else max(T(1e-7), T(e))
 
 
 def scalar(x: Any, v: Any, dtype=None) -> Any:
