@@ -144,6 +144,8 @@ def _torch_ctc(x: np.ndarray, y: list[int]):
 @pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is not installed")
 @pytest.mark.parametrize("seed", range(4))
 def test_matches_torch_ctc_loss(ad_backend, seed):
+    if ad_backend.jit and seed > 0:
+        pytest.skip("JAX runs one jitted core with or without an outer jit: seed 0 covers it")
     rng = np.random.default_rng(seed)
     T, C = int(rng.integers(5, 20)), int(rng.integers(2, 8))
     L = int(rng.integers(0, T // 2 + 1))
@@ -227,6 +229,8 @@ def test_batched_form_matches_per_sample(backend):
 
 
 def test_batched_gradient_matches_per_sample(ad_backend):
+    if ad_backend.jit:
+        pytest.skip("JAX runs one jitted core with or without an outer jit: 'jax' covers it")
     rng = np.random.default_rng(9)
     x = rng.normal(size=(2, 6, 4))
     ys = [[0, 2], [1, 1, 1]]
