@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,19 @@ from hypothesis import given, settings, strategies as st
 import fluxtrain
 from fluxtrain import ArgumentError, DimensionMismatch, onecold, onehot, onehotbatch
 
-VECTORS = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "flux-vectors.json"
+
+
+def _vectors_path() -> Path:
+    """``shared/reference/flux-vectors.json`` beside the checkout, or $FLUXTRAIN_REFERENCE
+    (a file or its folder), as in test_parity_vectors.py."""
+    env = os.environ.get("FLUXTRAIN_REFERENCE")
+    if env:
+        p = Path(env)
+        return p / "flux-vectors.json" if p.is_dir() else p
+    return Path(__file__).resolve().parents[3] / "shared" / "reference" / "flux-vectors.json"
+
+
+VECTORS = _vectors_path()
 
 
 def _entries(*fns):
