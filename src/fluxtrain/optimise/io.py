@@ -17,6 +17,7 @@ import numpy as np
 
 from .._backend import device_of, is_array, is_jax, namespace, to_numpy
 from .._errors import ArgumentError
+from array_api_compat import to_device
 from .tree import Leaf, format_path, leaves
 
 __all__ = ["flatten_state", "unflatten_state", "save_state", "load_state"]
@@ -82,7 +83,10 @@ def _fill(s, flat, path, sub, prefix):
         return xp.asarray(a, dtype=s.dtype)
     if isinstance(s, np.ndarray):
         return np.array(a, dtype=s.dtype)
-    return xp.asarray(a, dtype=s.dtype, device=device_of(s), copy=True)
+    # made on the host, then moved: torch cannot build a CUDA tensor straight from a NumPy
+    # buffer with copy=True ("can't alias tensor from device 'cpu' to 'cuda:0'")
+    host = xp.asarray(a, dtype=s.dtype, copy=True)
+    return host if device_of(host) == device_of(s) else to_device(host, device_of(s))
 
 
 def save_state(path: str | os.PathLike, state: Any) -> None:

@@ -1,0 +1,90 @@
+"""gradient / train / checkpoints with CUDA tensors (skipped without a CUDA device)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.util import HAVE_TORCH
+
+if HAVE_TORCH:
+    import torch
+
+pytestmark = pytest.mark.skipif(not (HAVE_TORCH and torch.cuda.is_available()), reason="needs a CUDA device")
+
+
+def _net(device, dtype=torch.float32 if HAVE_TORCH else None):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    return net.to(device=device, dtype=dtype)
+
+
+def test_gradient_on_cuda_matches_cpu():
+    from fluxtrain import gradient
+    x = torch.randn(5, 8, dtype=torch.float64)
+    cpu, gpu = _net("cpu", torch.float64), _net("cuda", torch.float64)
+    g_cpu, gx_cpu = gradient(lambda m, x: (m(x) ** 2).sum(), cpu, x)
+    g_gpu, gx_gpu = gradient(lambda m, x: (m(x) ** 2).sum(), gpu, x.cuda())
+    assert g_gpu["0"]["weight"].device.type == "cuda" and gx_gpu.device.type == "cuda"
+    for k in ("0", "2"):
+        for p in ("weight", "bias"):
+            torch.testing.assert_close(g_gpu[k][p].cpu(), g_cpu[k][p], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx_gpu.cpu(), gx_cpu, rtol=1e-12, atol=1e-12)
+    assert all(p.grad is None for p in gpu.parameters())
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float32", 1e-6), ("float64", 1e-12)])
+def test_train_doctest_on_cuda(dtype, rtol):
+    from fluxtrain import Momentum, setup, train
+    dt = getattr(torch, dtype)
+    lin = torch.nn.Linear(2, 1).to(device="cuda", dtype=dt)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+        lin.bias.zero_()
+    x1 = torch.tensor([0.2, -0.3], dtype=dt, device="cuda")
+    y1 = torch.tensor([0.4], dtype=dt, device="cuda")
+    state = setup(Momentum(0.1), lin)
+    state, lin = train(lambda m, x, y: (torch.nn.functional.leaky_relu(m(x)) - y).abs().sum() * 100,
+                       lin, [(x1, y1), (x1, y1)], state, progress=False)
+    assert lin.bias.device.type == "cuda"
+    np.testing.assert_allclose(lin.bias.detach().cpu().numpy(), [10.19], rtol=rtol)
+    np.testing.assert_allclose(lin.weight.detach().cpu().numpy(), [[3.038, -2.057]], rtol=rtol)
+    np.testing.assert_allclose(state["weight"].state.cpu().numpy(), [[-2.018, 3.027]], rtol=rtol)
+
+
+def _epochs(net, state, loader, n):
+    from fluxtrain import train
+    for _ in range(n):
+        state, net = train(lambda m, x, y: ((m(x) - y) ** 2).mean(), net, loader, state, progress=False)
+    return net, state
+
+
+def test_checkpoint_resume_on_cuda_is_bit_for_bit(tmp_path):
+    from fluxtrain import Adam, DataLoader, setup
+    from fluxtrain.optimise import flatten_state
+    from fluxtrain.train import load_checkpoint, save_checkpoint
+    g = torch.Generator(device="cpu").manual_seed(1)
+    X = torch.randn(64, 8, generator=g).cuda()
+    Y = torch.randn(64, 2, generator=g).cuda()
+
+    full = _net("cuda")
+    full, s_full = _epochs(full, setup(Adam(0.01), full), DataLoader((X, Y), batchsize=16, shuffle=True, rng=3), 4)
+
+    half = _net("cuda")
+    rng = np.random.default_rng(3)
+    half, s_half = _epochs(half, setup(Adam(0.01), half), DataLoader((X, Y), batchsize=16, shuffle=True, rng=rng), 2)
+    cuda_gen = torch.Generator(device="cuda").manual_seed(5)
+    save_checkpoint(tmp_path / "c.npz", half, s_half, epoch=2, rng={"shuffle": rng, "cuda": cuda_gen})
+
+    fresh = _net("cuda")
+    ck = load_checkpoint(tmp_path / "c.npz", fresh, setup(Adam(0.01), fresh))
+    assert next(ck.model.parameters()).device.type == "cuda"
+    leaf_state = ck.state["0"]["weight"].state
+    arrays = [a for a in (leaf_state if isinstance(leaf_state, tuple) else (leaf_state,)) if hasattr(a, "device")]
+    assert all(a.device.type == "cuda" for a in arrays), [a.device for a in arrays]
+    assert ck.rng["cuda"].device.type == "cuda"
+    resumed, s_res = _epochs(ck.model, ck.state, DataLoader((X, Y), batchsize=16, shuffle=True, rng=ck.rng["shuffle"]), 2)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    fa, fb = flatten_state(s_full), flatten_state(s_res)
+    for k in fa:
+        np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]))
