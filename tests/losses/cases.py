@@ -3,7 +3,7 @@ it drives the gradient, dtype and bad-input tests."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 

@@ -17,20 +17,17 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 from typing import Any
 
 import numpy as np
 
-from . import asarrays, check_domain, device_of, is_array, is_eager, namespace
+from . import asarrays, check_domain, device_of, is_array, is_eager
 from . import fast
 
 __all__ = [
     "quiet", "to_float", "as_result", "stop_gradient", "softmax", "logsoftmax", "logsumexp", "sigmoid",
     "logsigmoid", "softplus", "xlogy", "xlogx",
 ]
-
-Axis = "int | tuple[int, ...] | None"
 
 _NEG_LOG_MSG = ("log was called with a negative real argument "
                 "(Julia's DomainError; use complex numbers for a complex result)")

@@ -7,9 +7,8 @@ so ``agg`` sees per-sample losses of shape ``(N, 1)`` for an ``(N, C)`` input (F
 """
 from __future__ import annotations
 
-import math
 import numbers
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
@@ -24,7 +23,7 @@ __all__ = [
     "kldivergence", "binary_focal_loss", "focal_loss", "label_smoothing",
 ]
 
-Axis = "int | tuple[int, ...]"
+Axis = Union[int, tuple[int, ...]]
 _NEG_LOG = "log was called with a negative real argument"
 
 
