@@ -134,6 +134,8 @@ def test_csv_classification_and_regression(tmp_path, capsys):
     (["--opt", "__import__('os').system('true')"], "malformed --opt"),
     (["--opt", "Adam(lr=0.1)"], "bad arguments in --opt"),
     (["--opt", "Descent(-1)"], "learning rate cannot be negative"),
+    (["--opt", "Adam(eta='fast')"], "--opt \"Adam(eta='fast')\" cannot be used"),
+    (["--schedule", "CosAnneal(l0=0.1, l1=0.01, period=0)"], "period must be >= 1"),
     (["--schedule", "Cos(0.1, 0.01, 10)"], "unknown schedule 'Cos'"),
     (["--loss", "nosuchloss"], "unknown loss 'nosuchloss'"),
     (["--data", "diabetes", "--loss", "logitcrossentropy"], "does not fit a regression task"),

@@ -116,7 +116,27 @@ def parse_rule(text: str, notes: list[str] | None = None) -> Any:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(rule, Rule):
         raise UserError(f"--opt {text!r} does not describe an optimisation rule")
+    _probe_rule(rule, text)
     return rule
+
+
+def _probe_rule(rule: Any, text: str) -> None:
+    """One step on a tiny NumPy parameter, so that bad hyper-parameters (``Adam(eta="a")``,
+    ``Adam(beta=1)``) are reported now as one line, not as a traceback mid-training."""
+    import warnings
+
+    import numpy as np
+
+    from ..optimise import setup, update
+    probe = {"w": np.ones(3, dtype=np.float32)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = setup(rule, probe)
+            update(state, probe, {"w": np.full(3, 0.5, dtype=np.float32)})
+    except Exception as e:  # noqa: BLE001 - any failure here is a bad --opt
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"--opt {text!r} cannot be used: {msg}") from None
 
 
 def _schedule_names() -> dict[str, Callable[..., Any]]:
@@ -136,6 +156,14 @@ def parse_schedule(text: str) -> Any:
     sched = parse_call(text, _schedule_names(), option="--schedule", what="schedule")
     if not isinstance(sched, Schedule):
         raise UserError(f"--schedule {text!r} does not describe a schedule")
+    import math
+    try:  # the first values must be real numbers (a learning rate per epoch)
+        values = [float(sched(t)) for t in (1, 2)]
+    except Exception as e:  # noqa: BLE001 - any failure here is a bad --schedule
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"--schedule {text!r} cannot be used: {msg}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise UserError(f"--schedule {text!r} gives a non-finite learning rate ({values})")
     return sched
 
 
