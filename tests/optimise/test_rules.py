@@ -76,9 +76,9 @@ def test_converges_on_quadratic(rule):
     rule = rule.adjust(CONVERGE[type(rule).__name__])
     x = np.array([2.0, -3.0, 1.5])
     state = ft.setup(rule, x)
-    for _ in range(1500):
-        state, x = ft.update_(state, x, 2 * x)  # loss = sum(x**2)
-    assert np.sum(x ** 2) < 1e-2 * 15.25, (rule, x)
+    for _ in range(500):
+        state, x = ft.update_(state, x, 2 * x)  # loss = sum(x**2), starting at 15.25
+    assert np.sum(x ** 2) < 1e-2, (rule, x)
 
 
 def test_descent_default_is_float32_point_one():
