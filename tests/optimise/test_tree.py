@@ -368,3 +368,54 @@ if given is not None:
             a, b = (m1[k], m2[k]) if k != "nested" else (m1[k][0], m2[k][0])
             np.testing.assert_array_equal(a, b)
         assert all(np.array_equal(x, y) for x, y in zip(ft.flatten_state(s1).values(), ft.flatten_state(s2).values()))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Halve(ft.Rule):
+    """A rule defined outside the package: x <- x - eta*g/2, counting its steps."""
+
+    eta: float = 1.0
+
+    def init(self, x):
+        return np.zeros((), dtype=np.int64) if isinstance(x, np.ndarray) else None
+
+    def apply(self, state, x, g):
+        return (None if state is None else state + 1), g * (self.eta / 2)
+
+
+def test_new_rule_needs_no_tree_code(tmp_path):
+    m = {"a": np.ones(2), "b": [np.ones(3)]}
+    s = ft.setup(ft.OptimiserChain(_Halve(), ft.Descent(1.0)), m)
+    s, m = ft.update_(s, m, {"a": np.ones(2), "b": [np.ones(3)]})
+    np.testing.assert_array_equal(m["a"], [0.5, 0.5])
+    s = ft.adjust(s, 0.5)
+    s, m = ft.update_(s, m, {"a": np.ones(2), "b": [np.ones(3)]})
+    np.testing.assert_array_equal(m["b"][0], [0.375] * 3)  # 0.5 - 0.5*0.5*0.5
+    ft.save_state(tmp_path / "s.npz", s)
+    s2 = ft.load_state(tmp_path / "s.npz", ft.setup(ft.OptimiserChain(_Halve(), ft.Descent(1.0)), m))
+    assert int(s2["a"].state[0]) == 2
+
+
+def test_fast_kernel_dispatch_and_fallback():
+    from fluxtrain._backend import fast
+    calls = []
+
+    def kernel(rules, states, xs, gs, *, inplace):
+        calls.append((len(xs), inplace))
+        if len(xs) == 1:
+            return NotImplemented  # falls back to the reference loop
+        return [(s, g * 0) for s, g in zip(states, gs)]  # a "kernel" that freezes everything
+
+    fast.register(("update_", _Halve), "numpy")(kernel)
+    try:
+        m = {"a": np.ones(2), "b": np.ones(2)}
+        s = ft.setup(_Halve(), m)
+        ft.update_(s, m, {"a": np.ones(2), "b": np.ones(2)})
+        assert calls == [(2, True)] and m["a"][0] == 1.0
+        ft.update(s, m, {"a": np.ones(2), "b": None})
+        assert calls[-1] == (1, False)
+        with fast.disabled():
+            ft.update_(s, m, {"a": np.ones(2), "b": np.ones(2)})
+        assert len(calls) == 2 and m["a"][0] == 0.5
+    finally:
+        fast._REGISTRY.pop((("update_", _Halve), "numpy"), None)
