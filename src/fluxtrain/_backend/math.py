@@ -131,13 +131,18 @@ def logsoftmax(x: Any, axis: int | tuple[int, ...] | None = -1) -> Any:
     array([-0.69314718, -0.69314718])
     """
     xp, x = _prep(x, "logsoftmax")
+    return as_result(_logsoftmax(x, xp, axis))
+
+
+def _logsoftmax(x: Any, xp, axis) -> Any:
+    """logsoftmax of a float array already converted (the losses call this directly)."""
     native = fast.lookup("logsoftmax", xp)
     if native is not None and isinstance(axis, int):
         out = native(x, axis)
         if out is not None:
             return out
     d = _shifted(x, xp, axis)
-    return as_result(d - xp.log(xp.sum(xp.exp(d), axis=axis, keepdims=True)))
+    return d - xp.log(xp.sum(xp.exp(d), axis=axis, keepdims=True))
 
 
 @quiet

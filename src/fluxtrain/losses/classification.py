@@ -13,7 +13,7 @@ from typing import Any, Union
 import numpy as np
 
 from .._backend import asarrays, check_domain, device_of, is_array, is_eager
-from .._backend.math import _xlogy, as_result, logsigmoid, logsoftmax, to_float
+from .._backend.math import _logsoftmax, _xlogy, as_result, logsigmoid, to_float
 from .._errors import ArgumentError
 from .._backend.math import quiet
 from .utils import Agg, aggregate, check_agg, default_eps, float_param, prepare
@@ -97,7 +97,7 @@ def logitcrossentropy(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean
     check_agg(agg)
     axis = _axis(axis)
     xp, yhat, y, ybool = prepare(yhat, y)
-    lsm = logsoftmax(yhat, axis=axis)
+    lsm = _logsoftmax(yhat, xp, axis)
     prod = y * lsm
     if ybool:
         prod = xp.where(y != 0, prod, xp.zeros_like(prod))
