@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import tempfile
-from typing import Any
 
 import numpy as np
 

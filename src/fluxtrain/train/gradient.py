@@ -8,7 +8,6 @@ auxiliary outputs.
 """
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any, Callable, NamedTuple
 
@@ -28,8 +27,8 @@ class WithGradient(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------
-# A small tree walker: dict, list, tuple, namedtuple, dataclass, JAX pytree, nn.Module.
-# It is shared with ``train.loop`` and ``train.checkpoint``.
+# Tree helpers over the optimise package's walker (modules handled here); shared with
+# ``train.loop`` and ``train.checkpoint``.
 # --------------------------------------------------------------------------------------
 
 def _is_torch_tensor(x: Any) -> bool:
@@ -392,11 +391,3 @@ def gradient(f: Callable[..., Any], *args: Any, backend: str | None = None) -> t
     """
     return withgradient(f, *args, backend=backend).grad
 
-
-def is_finite_scalar(y: Any) -> bool:
-    """True when the scalar ``y`` (Python number or 0-d/1-element array) is finite."""
-    try:
-        v = float(y.item()) if hasattr(y, "item") else float(y)
-    except (TypeError, ValueError):
-        return False
-    return math.isfinite(v)
