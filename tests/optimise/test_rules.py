@@ -1,7 +1,6 @@
 """Generic tests over every rule and backend, constructors, old names."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest

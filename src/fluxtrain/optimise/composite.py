@@ -9,7 +9,7 @@ from typing import Any
 
 from .._backend import namespace
 from .._errors import ArgumentError
-from .base import Masked, Replace, Rule, caster, check_positive_int, concrete, scalar, tree_where, zeros
+from .base import Masked, Replace, Rule, concrete, scalar, tree_where, zeros
 
 __all__ = ["OptimiserChain", "AccumGrad", "MixedPrecision"]
 

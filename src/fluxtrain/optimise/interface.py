@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import device_of, is_array, is_writeable, namespace, put
+from .._backend import is_array, is_writeable, namespace, put
 from .._backend import fast
 from .._errors import ArgumentError, DimensionMismatch
 from .base import Masked, Replace, Rule
