@@ -103,8 +103,9 @@ def float_param(v: Any, yhat: Any, xp) -> Any:
     Python numbers stay Python floats (weak, so a float32 ŷ keeps float32 arithmetic and
     the value is rounded to float32 at use, as ``Float32(v)`` would be)."""
     if isinstance(v, numbers.Real):
-        bits = xp.finfo(yhat.dtype).bits if xp.isdtype(yhat.dtype, "real floating") else 64
         # Round to ŷ's precision now (an exact Python float afterwards), so that later
         # Python arithmetic such as 0.5 * delta or 1 - beta matches Julia's Float32 maths.
-        return float(np.asarray(v, dtype={16: np.float16, 32: np.float32}.get(bits, np.float64)))
+        # (bfloat16 and other types NumPy lacks: left to the backend's own rounding.)
+        name = str(yhat.dtype).rsplit(".", 1)[-1]
+        return float(np.asarray(v, dtype={"float16": np.float16, "float32": np.float32}.get(name, np.float64)))
     return xp.astype(xp.asarray(v, device=device_of(yhat)), yhat.dtype) if not is_array(v) else xp.astype(v, yhat.dtype)
