@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import operator
+import os
 import pathlib
 from typing import NamedTuple
 
@@ -13,16 +14,41 @@ import pytest
 from fluxtrain import ArgumentError, gradient, withgradient
 from tests.util import HAVE_JAX, HAVE_TORCH, assert_close
 
-REF = pathlib.Path(__file__).resolve().parents[3] / "shared" / "reference" / "flux-vectors.json"
+
+def _ref_path() -> pathlib.Path:
+    """``shared/reference/flux-vectors.json`` beside the checkout, or $FLUXTRAIN_REFERENCE."""
+    env = os.environ.get("FLUXTRAIN_REFERENCE")
+    if env:
+        p = pathlib.Path(env)
+        return p / "flux-vectors.json" if p.is_dir() else p
+    return pathlib.Path(__file__).resolve().parents[3] / "shared" / "reference" / "flux-vectors.json"
+
+
+REF = _ref_path()
+# The docstring vectors of flux-semantics.md §6.1 (the JSON's Flux.gradient / Flux.withgradient
+# entries), used when the JSON file is not beside the checkout.
+_INLINE = [
+    {"fn": "Flux.gradient", "args": ["*", 2.0, 3.0, 5.0], "expected": [15.0, 10.0, 6.0]},
+    {"fn": "Flux.gradient", "args": ["x -> sum(abs2, x)", [7.0, 11.0, 13.0]], "expected": [[14.0, 22.0, 26.0]]},
+    {"fn": "Flux.withgradient", "args": ["/", 1, 2], "expected": {"val": 0.5, "grad": [0.5, -0.25]}},
+    {"fn": "Flux.withgradient", "args": ["x -> (sum(1 ./ x), 1 ./ x)", [1, 2, 4]],
+     "expected": {"val": [1.75, [1.0, 0.5, 0.25]], "grad": [[-1.0, -0.25, -0.0625]]}},
+]
 
 AD_LIBS = [pytest.param("torch", marks=pytest.mark.skipif(not HAVE_TORCH, reason="no torch")),
            pytest.param("jax", marks=pytest.mark.skipif(not HAVE_JAX, reason="no jax"))]
 
 
 def _ref_entries(fn: str) -> list[dict]:
+    entries = json.loads(REF.read_text()) if REF.exists() else _INLINE
+    return [e for e in entries if e["fn"] == fn]
+
+
+def test_inline_vectors_match_the_json():
     if not REF.exists():
-        pytest.skip("flux-vectors.json not available")
-    return [e for e in json.loads(REF.read_text()) if e["fn"] == fn]
+        pytest.skip("flux-vectors.json not available (the inline copy is used)")
+    got = [e for e in json.loads(REF.read_text()) if e["fn"] in ("Flux.gradient", "Flux.withgradient")]
+    assert [(e["args"], e["expected"]) for e in got] == [(e["args"], e["expected"]) for e in _INLINE]
 
 
 # The Julia functions named in the JSON entries, written in Python.
