@@ -59,3 +59,10 @@ def test_cli_without_command_prints_help(capsys):
     from fluxtrain.cli import main
     assert main([]) == 0
     assert "fluxtrain" in capsys.readouterr().out
+
+
+def test_cli_survives_a_closed_pipe():
+    # `fluxtrain losses | head -1` must not print a BrokenPipeError traceback.
+    out = subprocess.run(f"{sys.executable} -m fluxtrain.cli losses | head -1", shell=True,
+                         capture_output=True, text=True)
+    assert out.stdout.strip() and "Traceback" not in out.stderr

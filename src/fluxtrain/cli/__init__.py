@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     except commands.UserError as e:
         print(f"fluxtrain {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `fluxtrain losses | head`: the reader left; not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("fluxtrain: interrupted", file=sys.stderr)
         return 130
