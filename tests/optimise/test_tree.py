@@ -419,3 +419,26 @@ def test_fast_kernel_dispatch_and_fallback():
         assert len(calls) == 2 and m["a"][0] == 0.5
     finally:
         fast._REGISTRY.pop((("update_", _Halve), "numpy"), None)
+
+
+def test_tied_jax_arrays_survive_jit():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    w = jnp.asarray(np.linspace(-1, 1, 3))
+    model = {"enc": w, "dec": w, "other": jnp.ones(2)}
+    state = ft.setup(ft.Adam(0.1), model)
+    assert state["enc"] is state["dec"] and state["enc"].tie is not None and state["other"].tie is None
+    grads = [{"enc": jnp.full(3, 0.1 * i), "dec": jnp.full(3, 1.0 - 0.2 * i), "other": None} for i in range(4)]
+    s1, m1 = state, model
+    s2, m2 = state, model
+    step = jax.jit(ft.update)
+    sizes = []
+    for g in grads:
+        s1, m1 = ft.update(s1, m1, g)
+        s2, m2 = step(s2, m2, g)
+        sizes.append(step._cache_size())  # jit caches per function: count new entries only
+    assert s1["enc"] is s1["dec"]
+    np.testing.assert_allclose(np.asarray(m2["enc"]), np.asarray(m1["enc"]), rtol=1e-13)
+    np.testing.assert_array_equal(np.asarray(m2["enc"]), np.asarray(m2["dec"]))
+    np.testing.assert_array_equal(np.asarray(s2["enc"].state[0]), np.asarray(s2["dec"].state[0]))
+    assert sizes[-1] == sizes[0]  # the second and later jitted steps did not recompile

@@ -14,6 +14,7 @@ Phase 2 groups the arrays by (rule type, array type, dtype, device) and hands ea
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 import warnings
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ class _DotGrad:
 
 
 _DOT = _DotGrad()
+_TIE_IDS = itertools.count(1)
 
 
 # --------------------------------------------------------------------------------------
@@ -81,6 +83,8 @@ def _setup(rule, x, cache, keep, path):
         if leaf is None:
             leaf = cache[id(x)] = Leaf(rule, rule.init(x))
             keep.append(x)
+        elif leaf.tie is None:  # a tied array: the id lets jax.jit copies find each other
+            leaf.tie = next(_TIE_IDS)
         return leaf
     ch = children(x)
     if ch is None:
@@ -149,33 +153,40 @@ def _update(state, model, grad, pure):
             write_model = not pure
         entries: list = []
         _collect(state, model, grad, (), entries)
-        # -- phase 2: sum tied gradients, compute (nothing mutated yet)
-        by_leaf: dict[int, list] = {}
+        # -- phase 2: sum tied gradients, compute (nothing mutated yet). Tied arrays share
+        # one Leaf; under jax.jit that Leaf comes back as copies carrying the same `tie` id.
+        groups: dict[tuple, list] = {}
         for leaf, x, g, path in entries:
             if leaf.frozen:
                 continue
-            e = by_leaf.get(id(leaf))
+            key = ("tie", leaf.tie) if leaf.tie is not None else ("id", id(leaf))
+            e = groups.get(key)
             if e is None:
-                by_leaf[id(leaf)] = [leaf, x, g]
+                groups[key] = [leaf, x, g, {id(leaf): leaf}, {id(x): x}]
             else:
                 e[2] = e[2] + g
-        work = list(by_leaf.values())
-        results = _apply_all([(l.rule, l.state, x, g) for l, x, g in work], inplace=not pure)
+                e[3][id(leaf)] = leaf
+                e[4][id(x)] = x
+        work = list(groups.values())
+        results = _apply_all([(w[0].rule, w[0].state, w[1], w[2]) for w in work], inplace=not pure)
         # -- phase 3: commit
         if pure:
             memo: dict[int, Leaf] = {}
             state = _copy_state(state, memo)
         newvals: dict[int, Any] = {}
-        for (leaf, x, _), (st, delta) in zip(work, results):
-            target = memo[id(leaf)] if pure else leaf
-            target.state = st
+        for (_, x, _, leaves_, xs), (st, delta) in zip(work, results):
+            targets = [memo[i] if pure else l for i, l in leaves_.items()]
+            for t in targets:
+                t.state = st
             new = _new_value(x, delta)
             if new is None:
                 continue
-            if write_model and is_writeable(x):
-                put(x, new)
+            if write_model and all(is_writeable(y) for y in xs.values()):
+                for y in xs.values():
+                    put(y, new)
             else:
-                newvals[id(target)] = new
+                for t in targets:
+                    newvals[id(t)] = new
         if newvals:
             model = _rebind(state, model, newvals, inplace=write_model)
     return state, model
@@ -372,7 +383,7 @@ def _copy_state(s, memo):
     if isinstance(s, Leaf):
         n = memo.get(id(s))
         if n is None:
-            n = memo[id(s)] = Leaf(s.rule, s.state, s.frozen)
+            n = memo[id(s)] = Leaf(s.rule, s.state, s.frozen, s.tie)
         return n
     if isinstance(s, Mapping):
         return {k: _copy_state(v, memo) for k, v in s.items()}

@@ -37,16 +37,18 @@ class Leaf:
 
     Mutable (``update_``/``adjust_``/``freeze_`` change it in place) and a JAX pytree
     (children: ``state``; static: ``rule``, ``frozen``) so state trees pass through
-    ``jax.jit``. Under ``jax.jit`` a Leaf shared by tied arrays is flattened twice and comes
-    back as two Leafs; keep tied weights out of jitted JAX updates (see docs/optimise.md).
+    ``jax.jit``. A Leaf shared by tied arrays carries a ``tie`` id: under ``jax.jit`` it is
+    flattened twice and comes back as two Leafs with the same id, which the walker treats
+    as one (gradients summed, one update, the same new state and array in both places).
     """
 
-    __slots__ = ("rule", "state", "frozen", "__weakref__")
+    __slots__ = ("rule", "state", "frozen", "tie", "__weakref__")
 
-    def __init__(self, rule: Any, state: Any, frozen: bool = False) -> None:
+    def __init__(self, rule: Any, state: Any, frozen: bool = False, tie: int | None = None) -> None:
         self.rule = rule
         self.state = state
         self.frozen = frozen
+        self.tie = tie  # set by setup on a Leaf shared by tied arrays (survives jax.jit)
         if not _PYTREE_DONE and "jax" in sys.modules:
             _register_pytree()
 
@@ -75,8 +77,8 @@ def _register_pytree() -> None:
     import jax
     jax.tree_util.register_pytree_node(
         Leaf,
-        lambda l: ((l.state,), (l.rule, l.frozen)),
-        lambda aux, ch: Leaf(aux[0], ch[0], aux[1]),
+        lambda l: ((l.state,), (l.rule, l.frozen, l.tie)),
+        lambda aux, ch: Leaf(aux[0], ch[0], aux[1], aux[2]),
     )
 
 
