@@ -118,6 +118,24 @@ def test_kernel_is_really_used(eager_backend, name):
     assert len(res) == len(SHAPES)
 
 
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("name", ["Adam", "AdamW-decoupled", "Momentum", "Lion", "Chain-Clip-WD-Adam"])
+def test_numba_parallel_kernels(monkeypatch, name):
+    """The multi-threaded kernels (used for large arrays) equal the generic path too."""
+    from fluxtrain._backend import fast_numpy
+    from tests.util import Backend
+    monkeypatch.setattr(fast_numpy, "PARALLEL_MIN", 1)
+    b = Backend("numpy")
+    for dtype in ("float32", "float64"):
+        s1, m1 = _trajectory(b, RULES[name](), dtype, pure=False)
+        s2, m2 = _trajectory(b, RULES[name](), dtype, pure=False, disabled=True)
+        for k in SHAPES:
+            np.testing.assert_array_equal(m1[k], m2[k])
+        f1, f2 = _flat(s1), _flat(s2)
+        for k in f1:
+            np.testing.assert_array_equal(f1[k], f2[k])
+
+
 def test_numpy_without_numba_falls_back(monkeypatch):
     """With numba missing, the NumPy kernels return NotImplemented and the generic path runs."""
     from fluxtrain._backend import fast_numpy

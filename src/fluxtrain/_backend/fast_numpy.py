@@ -41,12 +41,18 @@ def kernels() -> dict[str, Callable] | None:
     return _KERNELS or None
 
 
+PARALLEL_MIN = 1 << 18
+"""Arrays with at least this many elements use the multi-threaded kernel; smaller ones a
+single-threaded one (a parallel region per small array costs more than it saves, and on a
+busy machine each one may wait for a descheduled worker thread)."""
+
+
 def _build() -> dict[str, Callable]:
     import numba
 
-    jit = numba.njit(parallel=True, fastmath=False, cache=True, nogil=True)
+    inline = numba.njit(inline="always")
 
-    @numba.njit(inline="always")
+    @inline
     def pre(gi, xi, clip, has_clip, wd, has_wd):
         # ClipNorm's scale, then WeightDecay's g + lambda*x (as the chain applies them)
         if has_clip:
@@ -55,49 +61,88 @@ def _build() -> dict[str, Callable]:
             gi = gi + wd * xi
         return gi
 
-    @jit
-    def adam(x, g, m, v, clip, has_clip, wd, has_wd, b1, omb1, b2, omb2, bc1, bc2, eps, eta, lam, mode):
-        for i in numba.prange(x.size):
-            xi = x[i]
-            gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
-            mi = b1 * m[i] + omb1 * gi
-            vi = b2 * v[i] + omb2 * (gi * gi)
-            m[i] = mi
-            v[i] = vi
-            a = mi / bc1 / (math.sqrt(vi / bc2) + eps)
-            if mode == 0:    # Adam: a * eta
-                d = a * eta
-            elif mode == 1:  # AdamW(couple=true): eta * (a + lambda*x)
-                d = eta * (a + lam * xi)
-            else:            # AdamW(couple=false): eta*a + lambda*x
-                d = eta * a + lam * xi
-            x[i] = xi - d
+    @inline
+    def adam_el(i, x, g, m, v, clip, has_clip, wd, has_wd, b1, omb1, b2, omb2, bc1, bc2, eps, eta, lam, mode):
+        xi = x[i]
+        gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
+        mi = b1 * m[i] + omb1 * gi
+        vi = b2 * v[i] + omb2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        a = mi / bc1 / (math.sqrt(vi / bc2) + eps)
+        if mode == 0:    # Adam: a * eta
+            d = a * eta
+        elif mode == 1:  # AdamW(couple=true): eta * (a + lambda*x)
+            d = eta * (a + lam * xi)
+        else:            # AdamW(couple=false): eta*a + lambda*x
+            d = eta * a + lam * xi
+        x[i] = xi - d
 
-    @jit
-    def momentum(x, g, v, clip, has_clip, wd, has_wd, rho, eta):
-        for i in numba.prange(x.size):
-            xi = x[i]
-            gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
-            vi = rho * v[i] + eta * gi
-            v[i] = vi
-            x[i] = xi - vi
+    @inline
+    def momentum_el(i, x, g, v, clip, has_clip, wd, has_wd, rho, eta):
+        xi = x[i]
+        gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
+        vi = rho * v[i] + eta * gi
+        v[i] = vi
+        x[i] = xi - vi
 
-    @jit
-    def lion(x, g, s, clip, has_clip, wd, has_wd, b1, b2, omb2, b2mb1, eta):
-        for i in numba.prange(x.size):
-            xi = x[i]
-            gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
-            si = b2 * gi + omb2 * s[i]
-            s[i] = si
-            c = b2mb1 * gi + b1 * si
-            if c > 0:
-                c = 1.0
-            elif c < 0:
-                c = -1.0
-            # 0, -0 and NaN are their own sign, as np.sign / torch.sign / jnp.sign
-            x[i] = xi - eta * c
+    @inline
+    def lion_el(i, x, g, s, clip, has_clip, wd, has_wd, b1, b2, omb2, b2mb1, eta):
+        xi = x[i]
+        gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
+        si = b2 * gi + omb2 * s[i]
+        s[i] = si
+        c = b2mb1 * gi + b1 * si
+        # eta*sign(c); 0, -0 and NaN are their own sign (np.sign, torch.sign, jnp.sign)
+        if c > 0:
+            d = eta
+        elif c < 0:
+            d = -eta
+        else:
+            d = eta * c
+        x[i] = xi - d
 
-    return {"adam": adam, "momentum": momentum, "lion": lion}
+    par = numba.njit(parallel=True, fastmath=False, cache=True, nogil=True)
+    ser = numba.njit(fastmath=False, cache=True, nogil=True)
+
+    # an unsigned index lets LLVM vectorise the serial loop (no negative-index wraparound)
+    @par
+    def adam_p(x, g, m, v, clip, has_clip, wd, has_wd, b1, omb1, b2, omb2, bc1, bc2, eps, eta, lam, mode):
+        for i in numba.prange(x.size):
+            adam_el(i, x, g, m, v, clip, has_clip, wd, has_wd, b1, omb1, b2, omb2, bc1, bc2, eps, eta, lam, mode)
+
+    @ser
+    def adam_s(x, g, m, v, clip, has_clip, wd, has_wd, b1, omb1, b2, omb2, bc1, bc2, eps, eta, lam, mode):
+        n, i = numba.uint64(x.size), numba.uint64(0)
+        while i < n:
+            adam_el(i, x, g, m, v, clip, has_clip, wd, has_wd, b1, omb1, b2, omb2, bc1, bc2, eps, eta, lam, mode)
+            i += numba.uint64(1)
+
+    @par
+    def momentum_p(x, g, v, clip, has_clip, wd, has_wd, rho, eta):
+        for i in numba.prange(x.size):
+            momentum_el(i, x, g, v, clip, has_clip, wd, has_wd, rho, eta)
+
+    @ser
+    def momentum_s(x, g, v, clip, has_clip, wd, has_wd, rho, eta):
+        n, i = numba.uint64(x.size), numba.uint64(0)
+        while i < n:
+            momentum_el(i, x, g, v, clip, has_clip, wd, has_wd, rho, eta)
+            i += numba.uint64(1)
+
+    @par
+    def lion_p(x, g, s, clip, has_clip, wd, has_wd, b1, b2, omb2, b2mb1, eta):
+        for i in numba.prange(x.size):
+            lion_el(i, x, g, s, clip, has_clip, wd, has_wd, b1, b2, omb2, b2mb1, eta)
+
+    @ser
+    def lion_s(x, g, s, clip, has_clip, wd, has_wd, b1, b2, omb2, b2mb1, eta):
+        n, i = numba.uint64(x.size), numba.uint64(0)
+        while i < n:
+            lion_el(i, x, g, s, clip, has_clip, wd, has_wd, b1, b2, omb2, b2mb1, eta)
+            i += numba.uint64(1)
+
+    return {"adam": (adam_s, adam_p), "momentum": (momentum_s, momentum_p), "lion": (lion_s, lion_p)}
 
 
 # ------------------------------------------------------------------------- rule analysis
@@ -217,21 +262,22 @@ def run_numba(recipes, states, xs, gs, ks, xp, view: Callable, copy: Callable, i
     # phase 2: compute (nothing can fail any more)
     out = []
     for kind, sc, inner, clip, wd, has_wd, st, arrs, vs, gv, scale in work:
+        k = ks[kind][gv.size >= PARALLEL_MIN]
         f = type(sc["eta"])
         has_clip = scale is not None
         cl = f(float(scale)) if has_clip else f(1)
         if kind == "adam":
             bt = inner[2]
             bc1, bc2 = f(1) - f(float(bt[0])), f(1) - f(float(bt[1]))
-            ks["adam"](vs[0], gv, vs[1], vs[2], cl, has_clip, wd, has_wd, sc["b1"], sc["omb1"], sc["b2"],
+            k(vs[0], gv, vs[1], vs[2], cl, has_clip, wd, has_wd, sc["b1"], sc["omb1"], sc["b2"],
                        sc["omb2"], bc1, bc2, sc["eps"], sc["eta"], sc["lam"], sc["mode"])
             # the running products exactly as the generic rule advances them
             new_inner = (arrs[1], arrs[2], (bt[0] * sc["pyb1"], bt[1] * sc["pyb2"]))
         elif kind == "momentum":
-            ks["momentum"](vs[0], gv, vs[1], cl, has_clip, wd, has_wd, sc["rho"], sc["eta"])
+            k(vs[0], gv, vs[1], cl, has_clip, wd, has_wd, sc["rho"], sc["eta"])
             new_inner = arrs[1]
         else:
-            ks["lion"](vs[0], gv, vs[1], cl, has_clip, wd, has_wd, sc["b1"], sc["b2"], sc["omb2"],
+            k(vs[0], gv, vs[1], cl, has_clip, wd, has_wd, sc["b1"], sc["b2"], sc["omb2"],
                        sc["b2mb1"], sc["eta"])
             new_inner = arrs[1]
         new_state = new_inner if st is inner else tuple(st[:-1]) + (new_inner,)
