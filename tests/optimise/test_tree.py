@@ -121,7 +121,7 @@ def test_bad_gradients_name_the_path_and_change_nothing(bad, match):
     elif bad == "length":
         g = Net([good0], None, None)
     elif bad == "keys":
-        g = {"layers": [good0, None], "scale": None}
+        g = {"layers": [good0, None], "scale": None, "extra": None}
     elif bad == "dtype":
         g = Net([good0, Layer(np.ones((1, 2)), np.ones(1, complex))], None, None)
     elif bad == "type":
@@ -442,3 +442,12 @@ def test_tied_jax_arrays_survive_jit():
     np.testing.assert_array_equal(np.asarray(m2["enc"]), np.asarray(m2["dec"]))
     np.testing.assert_array_equal(np.asarray(s2["enc"].state[0]), np.asarray(s2["dec"].state[0]))
     assert sizes[-1] == sizes[0]  # the second and later jitted steps did not recompile
+
+
+def test_dict_grad_may_omit_non_trainable_fields():
+    model = Net([Layer(np.ones((2, 3)), np.zeros(2))])
+    state = ft.setup(ft.Descent(0.5), model)
+    ft.update_(state, model, {"layers": [{"weight": np.ones((2, 3)), "bias": np.ones(2)}]})
+    np.testing.assert_array_equal(model.layers[0].bias, [-0.5, -0.5])
+    with pytest.raises(ValueError, match="missing"):
+        ft.update_(state, model, {"layers": [{"weight": np.ones((2, 3))}]})

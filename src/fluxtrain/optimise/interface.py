@@ -270,7 +270,7 @@ def _collect(s, x, g, path, out):
                          "the model's structure changed since setup")
     kind, keys, vals = ch
     svals = _state_for(s, kind, keys, path)
-    gvals = _grad_for(g, x, kind, keys, path)
+    gvals = _grad_for(g, x, kind, keys, path, svals)
     for k, sv, xv, gv in zip(keys, svals, vals, gvals):
         _collect(sv, xv, gv, path + (k,), out)
 
@@ -289,19 +289,19 @@ def _state_for(s, kind, keys, path):
     return [s[k] for k in keys]
 
 
-def _grad_for(g, x, kind, keys, path):
+def _grad_for(g, x, kind, keys, path, svals):
     if g is _DOT:
         return [_DOT] * len(keys)
     if kind in ("list", "tuple", "namedtuple"):
         if isinstance(g, Mapping) and kind == "namedtuple":
-            return _from_mapping(g, keys, path)
+            return _from_mapping(g, keys, path, svals)
         if not isinstance(g, (list, tuple)) or is_array(g):
             raise _err(path, f"the gradient is a {type(g).__name__}, expected a {kind} of length {len(keys)}")
         if len(g) != len(keys):
             raise _err(path, f"the gradient has length {len(g)}, the model {len(keys)}")
         return list(g)
     if isinstance(g, Mapping):
-        return _from_mapping(g, keys, path)
+        return _from_mapping(g, keys, path, svals)
     if kind in ("pytree", "dataclass") and type(g) is type(x):
         gk, gv = children(g)[1:]
         if list(gk) != list(keys):
@@ -311,13 +311,14 @@ def _grad_for(g, x, kind, keys, path):
                      f"with keys {keys}")
 
 
-def _from_mapping(g, keys, path):
+def _from_mapping(g, keys, path, svals):
+    """Children of a dict gradient; keys of non-trainable fields (state None) may be left out."""
     extra = [k for k in g if k not in keys]
-    missing = [k for k in keys if k not in g]
+    missing = [k for k, sv in zip(keys, svals) if k not in g and sv is not None]
     if extra or missing:
         raise _err(path, "the gradient's keys do not match the model's"
                          + (f"; extra: {extra}" if extra else "") + (f"; missing: {missing}" if missing else ""))
-    return [g[k] for k in keys]
+    return [g.get(k) for k in keys]
 
 
 def _check_grad(x, g, path):
