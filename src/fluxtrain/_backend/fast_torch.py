@@ -103,22 +103,43 @@ def _xp(x):
 
 # ------------------------------------------------------------------------- fused Adam
 
-def _adam_fused(rules, states, xs, gs, inplace):
+def _adam_info(rule, T):
+    """The fused call's scalars for one rule (None when it is not an Adam-family shape)."""
     from ..optimise import Adam, AdamW
-    from ..optimise.base import _caster_for, eps_cast
+    from ..optimise.base import eps_cast
+    info = fast_numpy._base_and_prefix(rule)
+    if info is None or not isinstance(info[0], (Adam, AdamW)):
+        return None
+    base, clip, decay = info
+    wd = T(decay.lambda_) if decay is not None else 0.0
+    if isinstance(base, Adam):
+        kind, eps, dec = "adam", eps_cast(T, base.epsilon), 0.0
+    else:
+        if wd:
+            return None  # WeightDecay before AdamW: two decays, keep the generic path
+        kind, eps = "adamw", T(base.epsilon)
+        dec = (T(base.eta) * T(base.lambda_)) if base.couple else T(base.lambda_)
+    return (base is rule, clip, kind, T(base.eta), T(base.beta[0]), T(base.beta[1]), eps, wd, dec)
+
+
+def _adam_fused(rules, states, xs, gs, inplace):
+    from ..optimise.base import _caster_for
     if not _supported(xs):
         return NotImplemented
-    infos = []
-    for rule in rules:
-        info = fast_numpy._base_and_prefix(rule)
-        if info is None or not isinstance(info[0], (Adam, AdamW)):
-            return NotImplemented
-        infos.append(info)
-    inners = []
+    T = _caster_for(str(xs[0].dtype).replace("torch.", ""))
+    f = _np_type(xs[0].dtype)
+    cache: dict[int, Any] = {}
+    infos, inners = [], []
     for rule, st in zip(rules, states):
-        inner = st if isinstance(rule, (Adam, AdamW)) else st[-1]
+        info = cache.get(id(rule), False)
+        if info is False:
+            info = cache[id(rule)] = _adam_info(rule, T)
+        if info is None:
+            return NotImplemented
+        inner = st if info[0] else (st[-1] if isinstance(st, tuple) and st else None)
         if not (isinstance(inner, tuple) and len(inner) == 3 and isinstance(inner[2], tuple) and len(inner[2]) == 2):
             return NotImplemented
+        infos.append(info)
         inners.append(inner)
     ms = [s[0] for s in inners]
     vs = [s[1] for s in inners]
@@ -126,21 +147,26 @@ def _adam_fused(rules, states, xs, gs, inplace):
         return NotImplemented
     bt1 = [s[2][0] for s in inners]
     bt2 = [s[2][1] for s in inners]
-    if not all(isinstance(b, torch.Tensor) and b.dtype == xs[0].dtype for b in bt1 + bt2):
-        return NotImplemented
-    T = _caster_for(str(xs[0].dtype).replace("torch.", ""))
-    f = _np_type(xs[0].dtype)
-    dev = xs[0].device
+    dtype, dev = xs[0].dtype, xs[0].device
+    uniq: dict[int, Any] = {}
+    for b in bt1 + bt2:
+        if id(b) not in uniq:
+            if not (isinstance(b, torch.Tensor) and b.dtype == dtype and b.numel() == 1):
+                return NotImplemented
+            uniq[id(b)] = b
+    # the beta^t values (after the first step, Leafs with equal values share one tensor)
+    if len(uniq) <= 8:
+        val = {k: b.item() for k, b in uniq.items()}
+    else:
+        val = dict(zip(uniq, torch.stack([b.reshape(()) for b in uniq.values()]).tolist()))
 
     # -- everything that can fail, before any write: clip norms (ClipNorm's DomainError)
     scales: list = [None] * len(xs)
-    clip_idx = [i for i, (_, clip, _) in enumerate(infos) if clip is not None]
+    clip_idx = [i for i, info in enumerate(infos) if info[1] is not None]
     if clip_idx:
         xp = _xp(xs[0])
         for i in clip_idx:
             scales[i] = fast_numpy.clip_scale(infos[i][1], xs[i], gs[i], xp)
-    bvals = torch.stack([b.reshape(()) for b in bt1 + bt2]).tolist() if xs else []
-    n = len(xs)
 
     if not inplace:
         xs = [_copy(x) for x in xs]
@@ -154,22 +180,16 @@ def _adam_fused(rules, states, xs, gs, inplace):
 
     # -- group by everything the fused call takes as a scalar
     groups: dict[tuple, list[int]] = {}
-    for i, (base, clip, decay) in enumerate(infos):
-        b1, b2 = T(base.beta[0]), T(base.beta[1])
-        c1 = float(f(1) - f(bvals[i]))
-        c2 = float(f(1) - f(bvals[n + i]))
-        wd = T(decay.lambda_) if decay is not None else 0.0
-        if isinstance(base, Adam):
-            kind, eps, dec = "adam", eps_cast(T, base.epsilon), 0.0
-        else:
-            kind, eps = "adamw", T(base.epsilon)
-            dec = (T(base.eta) * T(base.lambda_)) if base.couple else T(base.lambda_)
-            if wd:
-                return NotImplemented  # WeightDecay before AdamW: two decays, keep generic
-        key = (kind, T(base.eta), b1, b2, eps, c1, c2, wd, dec)
+    for i, info in enumerate(infos):
+        key = info[2:] + (val[id(bt1[i])], val[id(bt2[i])])
         groups.setdefault(key, []).append(i)
     step = _huge_step(dev)
-    for (kind, eta, b1, b2, eps, c1, c2, wd, dec), idx in groups.items():
+    new_bt: dict[tuple, Any] = {}
+    nb1: list = [None] * len(xs)
+    nb2: list = [None] * len(xs)
+    for (kind, eta, b1, b2, eps, wd, dec, p1, p2), idx in groups.items():
+        c1 = float(f(1) - f(p1))
+        c2 = float(f(1) - f(p2))
         s2 = math.sqrt(c2)
         lr = eta * s2 / c1
         args = ([xs[i] for i in idx], [grads[i] for i in idx], [ms[i] for i in idx], [vs[i] for i in idx],
@@ -180,15 +200,22 @@ def _adam_fused(rules, states, xs, gs, inplace):
         else:  # torch's AdamW multiplies x by 1 - lr*weight_decay first
             torch._fused_adamw_(*args, lr=lr, beta1=b1, beta2=b2, weight_decay=dec / lr if lr else 0.0,
                                 eps=eps * s2, amsgrad=False, maximize=False)
+        # beta^t advances exactly as in the generic rule (bt * T(beta)); arrays with equal
+        # values share the new 0-d tensor (never mutated in place, so sharing is safe)
+        i0 = idx[0]
+        k1, k2 = (p1, b1), (p2, b2)
+        if k1 not in new_bt:
+            new_bt[k1] = bt1[i0] * b1
+        if k2 not in new_bt:
+            new_bt[k2] = bt2[i0] * b2
+        for i in idx:
+            nb1[i], nb2[i] = new_bt[k1], new_bt[k2]
     if inplace:
         _bump(xs)
-    # the running products advance exactly as in the generic rule: bt * T(beta)
-    nb1 = torch._foreach_mul(bt1, [T(i[0].beta[0]) for i in infos])
-    nb2 = torch._foreach_mul(bt2, [T(i[0].beta[1]) for i in infos])
     out = []
-    for i, (rule, st) in enumerate(zip(rules, states)):
+    for i, st in enumerate(states):
         inner = (ms[i], vs[i], (nb1[i], nb2[i]))
-        new = inner if st is inners[i] else tuple(st[:-1]) + (inner,)
+        new = inner if infos[i][0] else tuple(st[:-1]) + (inner,)
         out.append((new, Replace(xs[i])))
     return out
 
