@@ -136,6 +136,30 @@ def test_numba_parallel_kernels(monkeypatch, name):
             np.testing.assert_array_equal(f1[k], f2[k])
 
 
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("name", ["Momentum", "Lion", "Chain-WD-Lion"])
+def test_torch_parameters_take_the_numba_route(monkeypatch, name):
+    """nn.Parameter weights with plain-tensor state use the numba kernels, not a fallback."""
+    torch = pytest.importorskip("torch")
+    from fluxtrain._backend import fast_torch
+
+    def boom(*a, **k):
+        raise AssertionError("fell back to the foreach path")
+    monkeypatch.setattr(fast_torch, "_momentum_foreach", boom)
+    monkeypatch.setattr(fast_torch, "_lion_foreach", boom)
+    rng = np.random.default_rng(0)
+    model = {k: torch.nn.Parameter(torch.tensor(rng.standard_normal(s), dtype=torch.float32))
+             for k, s in SHAPES.items()}
+    ref = {k: v.detach().clone() for k, v in model.items()}
+    s1, s2 = ft.setup(RULES[name](), model), ft.setup(RULES[name](), ref)
+    for g in _grads(__import__("tests.util", fromlist=["Backend"]).Backend("torch"), "float32", 3):
+        ft.update_(s1, model, g)
+        with fast.disabled():
+            ft.update_(s2, ref, g)
+    for k in SHAPES:
+        np.testing.assert_array_equal(model[k].detach().numpy(), ref[k].numpy())
+
+
 def test_numpy_without_numba_falls_back(monkeypatch):
     """With numba missing, the NumPy kernels return NotImplemented and the generic path runs."""
     from fluxtrain._backend import fast_numpy
@@ -301,3 +325,39 @@ def test_jax_gradient_aliasing_parameter_is_not_donated():
     state, model = ft.update_(state, model, [w])  # the gradient is the parameter itself
     assert not w.is_deleted()
     np.testing.assert_allclose(np.asarray(model[0]), 0.9, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("agg", ["mean", "sum"])
+def test_torch_logitcrossentropy_kernel(dtype, agg):
+    """The fused F.cross_entropy kernel equals the generic formula, value and gradient."""
+    torch = pytest.importorskip("torch")
+    kernel = fast.lookup("logitcrossentropy", __import__("fluxtrain._backend", fromlist=["namespace"])
+                         .namespace(torch.zeros(1)))
+    assert kernel is not None
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((17, 5)) * 3
+    probs = rng.random((17, 5))
+    probs /= probs.sum(1, keepdims=True)
+    for target in (probs, np.eye(5)[rng.integers(0, 5, 17)]):
+        a = torch.tensor(logits, dtype=getattr(torch, dtype), requires_grad=True)
+        b = torch.tensor(logits, dtype=getattr(torch, dtype), requires_grad=True)
+        y = torch.tensor(target, dtype=getattr(torch, dtype))
+        out = kernel(a, y, -1, agg)
+        assert out is not None and out.dtype == a.dtype and out.shape == ()
+        with fast.disabled():
+            ref = ft.logitcrossentropy(b, y, agg=agg)
+        rtol = 1e-6 if dtype == "float32" else 1e-13
+        np.testing.assert_allclose(out.item(), ref.item(), rtol=rtol)
+        out.backward()
+        ref.backward()
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=rtol,
+                                   atol=10 * rtol * float(b.grad.abs().max()))
+    # unsupported inputs fall back (None): bool targets, 3-D, other axis, callable agg, NaN
+    x = torch.zeros((3, 4))
+    assert kernel(x, torch.zeros((3, 4), dtype=torch.bool), -1, "mean", True) is None
+    assert kernel(torch.zeros((2, 3, 4)), torch.zeros((2, 3, 4)), -1, "mean") is None
+    assert kernel(x, torch.zeros((3, 4)), 0, "mean") is None
+    assert kernel(x, torch.zeros((3, 4)), -1, "none") is None
+    inf = torch.tensor([[np.inf, 0.0]])
+    assert kernel(inf, torch.tensor([[1.0, 0.0]]), -1, "mean") is None

@@ -302,3 +302,27 @@ def _register() -> None:
 
 
 _register()
+
+
+# ------------------------------------------------------------------------- losses
+
+@fast.register("logitcrossentropy", "torch")
+def logitcrossentropy_torch(yhat, y, axis, agg, ybool=False):
+    """Flux's ``logitcrossentropy`` as one ``F.cross_entropy`` call (probability targets:
+    ``-sum(y * log_softmax(ŷ), class axis)``, then mean or sum over samples), forward and
+    backward in torch's fused kernels. For ``ŷ`` and ``y`` already prepared by the loss.
+
+    Returns None (use the generic formula) unless: 2-D, class axis last, same float dtype,
+    a non-bool target (a bool target is Flux's strong zero, which torch does not have),
+    ``agg`` "mean" or "sum", and a result that is not NaN (NaN cases, e.g. infinite logits,
+    are redone by the generic path, which follows NNlib exactly).
+    """
+    import torch.nn.functional as F
+    if (ybool or not isinstance(y, torch.Tensor) or yhat.ndim != 2 or y.shape != yhat.shape
+            or axis not in (-1, 1) or y.dtype != yhat.dtype or not yhat.dtype.is_floating_point
+            or agg not in ("mean", "sum") or yhat.shape[0] == 0):
+        return None
+    out = F.cross_entropy(yhat, y, reduction=agg)
+    if bool(torch.isnan(out)):
+        return None
+    return out
