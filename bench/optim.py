@@ -87,7 +87,7 @@ def fluxtrain_rule(name: str):
     return fo.OptimiserChain(fo.ClipNorm(CLIP), fo.WeightDecay(WD), fo.Adam(ETA, (B1, B2), EPS))
 
 
-def _fluxtrain_cases(rule_name: str, lib: str, xs, gs, to) -> dict[str, Callable]:
+def _fluxtrain_cases(rule_name: str, lib: str, xs, gs, to, generic: bool = True) -> dict[str, Callable]:
     """fluxtrain ``update_`` with fast paths on and off, plus jitted ``update`` for JAX."""
     try:
         import fluxtrain.optimise as fo
@@ -114,7 +114,8 @@ def _fluxtrain_cases(rule_name: str, lib: str, xs, gs, to) -> dict[str, Callable
         return step
 
     cases[f"fluxtrain {lib} update_"] = inplace(False)
-    cases[f"fluxtrain {lib} update_ generic"] = inplace(True)
+    if generic:
+        cases[f"fluxtrain {lib} update_ generic"] = inplace(True)
     if lib == "jax":
         import jax
         for donate in (True, False):
@@ -307,7 +308,8 @@ def _numpy_case(rule: str, xs, gs) -> dict[str, Callable]:
 
 # --------------------------------------------------------------------------- driver
 
-def run(n: int, splits: list[int], reps: int, rules: list[str] | None, libs: list[str]) -> str:
+def run(n: int, splits: list[int], reps: int, rules: list[str] | None, libs: list[str],
+        generic: str = "Adam") -> str:
     out = [f"## Optimiser steps: {n / 1e6:g} M float32 parameters\n",
            "Median milliseconds per step over interleaved repetitions (spread = IQR/median "
            "across all cases of a table). *copy proxy* = passes/2 × time of one n-float "
@@ -327,19 +329,20 @@ def run(n: int, splits: list[int], reps: int, rules: list[str] | None, libs: lis
         for k in splits:
             print(f"[optim] {spec.name} k={k}", file=sys.stderr, flush=True)
             xs, gs = _data(n, k)
+            gen = generic == "all" or spec.name in generic.split(",")
             cases: dict[str, Callable] = {}
             if "torch" in libs:
                 import torch
                 cases.update(_torch_cases(spec.name, xs, gs))
                 cases.update(_fluxtrain_cases(spec.name, "torch", xs, gs,
-                                              lambda a: torch.nn.Parameter(torch.from_numpy(a.copy()))))
+                                              lambda a: torch.nn.Parameter(torch.from_numpy(a.copy())), gen))
             if "jax" in libs:
                 import jax.numpy as jnp
                 cases.update(_optax_cases(spec.name, xs, gs))
-                cases.update(_fluxtrain_cases(spec.name, "jax", xs, gs, jnp.asarray))
+                cases.update(_fluxtrain_cases(spec.name, "jax", xs, gs, jnp.asarray, gen))
             if "numpy" in libs:
                 cases.update(_numpy_case(spec.name, xs, gs))
-                cases.update(_fluxtrain_cases(spec.name, "numpy", xs, gs, lambda a: a.copy()))
+                cases.update(_fluxtrain_cases(spec.name, "numpy", xs, gs, lambda a: a.copy(), gen))
             res = interleaved(cases, reps=reps)
             res["copy proxy"] = _scaled(tcopy, spec.passes / 2)
             allres[k] = res

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--libs", default="torch,jax,numpy", help="backends to run")
     p.add_argument("--params", type=float, default=None, help="parameter count (default 10e6, 1e6 quick)")
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 9, 3 quick)")
+    p.add_argument("--generic", default="Adam",
+                   help="rules whose fluxtrain generic (fast paths off) path is also timed: a comma list, 'all' or ''")
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="output file, '-' for stdout")
     a = p.parse_args(argv)
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = []
     if "optim" in groups:
         import optim
-        parts.append(optim.run(n, splits, reps, rules, libs))
+        parts.append(optim.run(n, splits, reps, rules, libs, a.generic))
     if "losses" in groups:
         import losses
         shapes = [(4096, 1000), (4096, 1)] if not a.quick else [(1024, 1000), (1024, 1)]

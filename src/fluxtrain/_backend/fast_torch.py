@@ -160,13 +160,20 @@ def _adam_fused(rules, states, xs, gs, inplace):
     else:
         val = dict(zip(uniq, torch.stack([b.reshape(()) for b in uniq.values()]).tolist()))
 
-    # -- everything that can fail, before any write: clip norms (ClipNorm's DomainError)
+    # -- everything that can fail, before any write: ClipNorm's norms (one multi-tensor
+    # call; this path agrees to rounding anyway). A non-finite norm with throw=True goes to
+    # the generic path, which raises its DomainError before anything is modified.
     scales: list = [None] * len(xs)
     clip_idx = [i for i, info in enumerate(infos) if info[1] is not None]
     if clip_idx:
-        xp = _xp(xs[0])
-        for i in clip_idx:
-            scales[i] = fast_numpy.clip_scale(infos[i][1], xs[i], gs[i], xp)
+        norms = torch.stack(torch._foreach_norm([gs[i] for i in clip_idx]))
+        throw = [k for k, i in enumerate(clip_idx) if infos[i][1].throw]
+        if throw and not bool(torch.isfinite(norms[throw]).all()):
+            return NotImplemented
+        omega = torch.tensor([T(infos[i][1].omega) for i in clip_idx], dtype=dtype, device=dev)
+        lam = torch.clamp(omega / norms, max=1.0)
+        for i, sc in zip(clip_idx, lam.unbind()):
+            scales[i] = sc
 
     if not inplace:
         xs = [_copy(x) for x in xs]
