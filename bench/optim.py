@@ -321,7 +321,7 @@ def run(n: int, splits: list[int], reps: int, rules: list[str] | None, libs: lis
                f"({2 * 4 * n / tcopy.median / 1e9:.1f} GB/s counting read + write).\n")
     summary: list[list[str]] = []
     for spec in RULES:
-        if rules and spec.name not in rules:
+        if rules and not any(spec.name.startswith(r) for r in rules):
             continue
         rows = []
         cols: list[str] = []

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="1 M parameters, 3 repetitions")
     p.add_argument("--groups", default=",".join(GROUPS), help="comma list of " + ", ".join(GROUPS))
-    p.add_argument("--rules", default="", help="optimiser rules to run (default: all)")
+    p.add_argument("--rules", default="", help="optimiser rules to run, by name prefix: Adam,Lion,Chain (default: all)")
     p.add_argument("--splits", default="1,100,1000", help="numbers of arrays for the optimiser steps")
     p.add_argument("--libs", default="torch,jax,numpy", help="backends to run")
     p.add_argument("--params", type=float, default=None, help="parameter count (default 10e6, 1e6 quick)")

@@ -169,46 +169,53 @@ def _base_and_prefix(rule):
     return base, clip, decay
 
 
+def _recipe(rule, f):
+    """``(kind, scalars, clip, wd, has_wd, is_base)`` for one rule, or None if unsupported."""
+    from ..optimise import Adam, AdamW, Momentum
+    from ..optimise.base import eps_cast
+    info = _base_and_prefix(rule)
+    if info is None:
+        return None
+    base, clip, decay = info
+    T = _T(f)
+    wd = f(T(decay.lambda_)) if decay is not None else f(0)
+    if isinstance(base, (Adam, AdamW)):
+        b1, b2 = T(base.beta[0]), T(base.beta[1])
+        if isinstance(base, Adam):
+            eps, mode, lam = eps_cast(T, base.epsilon), 0, 0.0
+        else:
+            eps, lam = T(base.epsilon), T(base.lambda_)
+            mode = 1 if base.couple else 2
+        sc = dict(pre=(f(b1), f(T(1 - b1)), f(b2), f(T(1 - b2))),
+                  post=(f(eps), f(T(base.eta)), f(lam), mode), pyb1=b1, pyb2=b2, f=f)
+        kind = "adam"
+    elif isinstance(base, Momentum):
+        kind, sc = "momentum", dict(post=(f(T(base.rho)), f(T(base.eta))), f=f)
+    else:
+        b1, b2 = T(base.beta[0]), T(base.beta[1])
+        kind, sc = "lion", dict(post=(f(b1), f(b2), f(T(1 - b2)), f(T(b2 - b1)), f(T(base.eta))), f=f)
+    return kind, sc, clip, wd, decay is not None, base is rule
+
+
 def plan(rules: list, states: list, xs: list, dtype) -> list | None:
-    """Per array, the fused-kernel recipe ``(kind, scalars, state_parts)``; None if any
-    array's rule/state is not supported (then the whole group falls back)."""
-    from ..optimise import Adam, AdamW, Lion, Momentum
-    from ..optimise.base import caster, eps_cast
+    """Per array, the fused-kernel recipe ``(kind, scalars, state_part, clip, wd, has_wd)``;
+    None if any array's rule/state is not supported (then the whole group falls back)."""
     if str(dtype) not in ("float32", "float64", "torch.float32", "torch.float64"):
         return None
     f = np.float32 if "32" in str(dtype) else np.float64
     out = []
     cache: dict[int, Any] = {}
     for rule, st in zip(rules, states):
-        key = id(rule)
-        info = cache.get(key)
-        if info is None:
-            info = cache[key] = _base_and_prefix(rule)
-        if info is None:
+        r = cache.get(id(rule), False)
+        if r is False:
+            r = cache[id(rule)] = _recipe(rule, f)
+        if r is None:
             return None
-        base, clip, decay = info
-        inner = st[-1] if base is not rule else st
-        T = _T(f)
-        wd = f(T(decay.lambda_)) if decay is not None else f(0)
-        if isinstance(base, (Adam, AdamW)):
-            if not (isinstance(inner, tuple) and len(inner) == 3 and isinstance(inner[2], tuple)):
-                return None
-            b1, b2 = T(base.beta[0]), T(base.beta[1])
-            if isinstance(base, Adam):
-                eps, mode, lam = eps_cast(T, base.epsilon), 0, 0.0
-            else:
-                eps, lam = T(base.epsilon), T(base.lambda_)
-                mode = 1 if base.couple else 2
-            sc = dict(b1=f(b1), omb1=f(T(1 - b1)), b2=f(b2), omb2=f(T(1 - b2)), eps=f(eps),
-                      eta=f(T(base.eta)), lam=f(lam), mode=mode, pyb1=b1, pyb2=b2)
-            out.append(("adam", sc, inner, clip, wd, decay is not None))
-        elif isinstance(base, Momentum):
-            out.append(("momentum", dict(rho=f(T(base.rho)), eta=f(T(base.eta))), inner, clip, wd,
-                        decay is not None))
-        else:
-            b1, b2 = T(base.beta[0]), T(base.beta[1])
-            out.append(("lion", dict(b1=f(b1), b2=f(b2), omb2=f(T(1 - b2)), b2mb1=f(T(b2 - b1)),
-                                     eta=f(T(base.eta))), inner, clip, wd, decay is not None))
+        kind, sc, clip, wd, has_wd, is_base = r
+        inner = st if is_base else (st[-1] if isinstance(st, tuple) and st else None)
+        if kind == "adam" and not (isinstance(inner, tuple) and len(inner) == 3 and isinstance(inner[2], tuple)):
+            return None
+        out.append((kind, sc, inner, clip, wd, has_wd))
     return out
 
 
@@ -245,10 +252,11 @@ def run_numba(recipes, states, xs, gs, ks, xp, view: Callable, copy: Callable, i
     # phase 1: everything that can fail (norm checks, views), before any write
     work = []
     for (kind, sc, inner, clip, wd, has_wd), st, x, g in zip(recipes, states, xs, gs):
-        arrs = [x] + ([inner[0], inner[1]] if kind == "adam" else [inner])
-        if any(not hasattr(a, "shape") or tuple(a.shape) != tuple(x.shape) or a.dtype != x.dtype
-               for a in arrs[1:]):
-            return NotImplemented
+        arrs = [x, inner[0], inner[1]] if kind == "adam" else [x, inner]
+        shape, dtype = x.shape, x.dtype
+        for a in arrs[1:]:
+            if getattr(a, "shape", None) != shape or a.dtype != dtype:
+                return NotImplemented
         scale = clip_scale(clip, x, g, xp) if clip is not None else None
         if not inplace:
             arrs = [copy(a) for a in arrs]
@@ -258,27 +266,32 @@ def run_numba(recipes, states, xs, gs, ks, xp, view: Callable, copy: Callable, i
             gv = view(copy(g), False)
         if gv is None or any(v is None for v in vs):
             return NotImplemented
-        work.append((kind, sc, inner, clip, wd, has_wd, st, arrs, vs, gv, scale))
+        work.append((kind, sc, inner, wd, has_wd, st, arrs, vs, gv, scale))
     # phase 2: compute (nothing can fail any more)
     out = []
-    for kind, sc, inner, clip, wd, has_wd, st, arrs, vs, gv, scale in work:
+    memo: dict[tuple, Any] = {}
+    for kind, sc, inner, wd, has_wd, st, arrs, vs, gv, scale in work:
         k = ks[kind][gv.size >= PARALLEL_MIN]
-        f = type(sc["eta"])
+        f = sc["f"]
         has_clip = scale is not None
         cl = f(float(scale)) if has_clip else f(1)
         if kind == "adam":
             bt = inner[2]
-            bc1, bc2 = f(1) - f(float(bt[0])), f(1) - f(float(bt[1]))
-            k(vs[0], gv, vs[1], vs[2], cl, has_clip, wd, has_wd, sc["b1"], sc["omb1"], sc["b2"],
-                       sc["omb2"], bc1, bc2, sc["eps"], sc["eta"], sc["lam"], sc["mode"])
-            # the running products exactly as the generic rule advances them
-            new_inner = (arrs[1], arrs[2], (bt[0] * sc["pyb1"], bt[1] * sc["pyb2"]))
-        elif kind == "momentum":
-            k(vs[0], gv, vs[1], cl, has_clip, wd, has_wd, sc["rho"], sc["eta"])
-            new_inner = arrs[1]
+            p1, p2 = float(bt[0]), float(bt[1])
+            k(vs[0], gv, vs[1], vs[2], cl, has_clip, wd, has_wd, *sc["pre"], f(1) - f(p1), f(1) - f(p2),
+              *sc["post"])
+            # the running products advance exactly as in the generic rule (bt * T(beta));
+            # arrays with equal values share the result (scalars, never mutated)
+            k1, k2 = (p1, sc["pyb1"], type(bt[0])), (p2, sc["pyb2"], type(bt[1]))
+            n1 = memo.get(k1)
+            if n1 is None:
+                n1 = memo[k1] = bt[0] * sc["pyb1"]
+            n2 = memo.get(k2)
+            if n2 is None:
+                n2 = memo[k2] = bt[1] * sc["pyb2"]
+            new_inner = (arrs[1], arrs[2], (n1, n2))
         else:
-            k(vs[0], gv, vs[1], cl, has_clip, wd, has_wd, sc["b1"], sc["b2"], sc["omb2"],
-                       sc["b2mb1"], sc["eta"])
+            k(vs[0], gv, vs[1], cl, has_clip, wd, has_wd, *sc["post"])
             new_inner = arrs[1]
         new_state = new_inner if st is inner else tuple(st[:-1]) + (new_inner,)
         out.append((new_state, Replace(arrs[0])))
