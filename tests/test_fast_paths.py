@@ -361,3 +361,27 @@ def test_torch_logitcrossentropy_kernel(dtype, agg):
     assert kernel(x, torch.zeros((3, 4)), -1, "none") is None
     inf = torch.tensor([[np.inf, 0.0]])
     assert kernel(inf, torch.tensor([[1.0, 0.0]]), -1, "mean") is None
+
+
+def test_jax_learning_rate_changes_do_not_recompile(monkeypatch):
+    """adjust_(state, eta) every step (a schedule) reuses the compiled group step."""
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+    from fluxtrain._backend import fast_jax
+    traces = []
+    orig = fast_jax._fill
+    monkeypatch.setattr(fast_jax, "_fill", lambda sk, it: traces.append(type(sk).__name__) or orig(sk, it))
+    rule = ft.OptimiserChain(ft.ClipNorm(1.0), ft.Adam(0.1))
+    model = {"w": jnp.ones((6,), jnp.float32)}
+    ref = {"w": jnp.ones((6,), jnp.float32)}
+    s1, s2 = ft.setup(rule, model), ft.setup(rule, ref)
+    g = {"w": jnp.linspace(-1, 1, 6, dtype=jnp.float32)}
+    for i in range(5):
+        eta = 0.1 / (i + 1)
+        ft.adjust_(s1, eta)
+        ft.adjust_(s2, eta)
+        s1, model = ft.update_(s1, model, g)
+        with fast.disabled():
+            s2, ref = ft.update_(s2, ref, g)
+    assert traces.count("OptimiserChain") == 1  # traced once, never again
+    np.testing.assert_allclose(np.asarray(model["w"]), np.asarray(ref["w"]), rtol=1e-6)

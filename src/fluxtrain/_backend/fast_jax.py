@@ -39,8 +39,9 @@ def _new_x(x, delta):
     return x - delta
 
 
-def _group_step(spec, states, xs, gs):
-    rules, which = spec
+def _group_step(spec, etas, states, xs, gs):
+    skeletons, which = spec
+    rules = [_fill(sk, it) for sk, it in zip(skeletons, _chunks(spec, etas))]
     new_states, new_xs = [], []
     for j, s, x, g in zip(which, states, xs, gs):
         st, delta = rules[j].apply(s, x, g)
@@ -49,7 +50,55 @@ def _group_step(spec, states, xs, gs):
     return new_states, new_xs
 
 
-_step_donated = jax.jit(_group_step, static_argnums=(0,), donate_argnums=(1, 2))
+# Learning rates are passed as traced arguments, not baked into the compiled program, so
+# that adjust_(state, eta) every step (a schedule) does not recompile. Everything else
+# about a rule is static (it may select code paths: ClipNorm's p, AdamW's couple, ...).
+_ETA = "<eta>"
+
+
+def _split(rule, etas: list):
+    """A hashable skeleton of ``rule`` with each float ``eta`` replaced by a marker (the
+    values are appended to ``etas``)."""
+    import copy
+    eta = getattr(rule, "eta", None)
+    opts = getattr(rule, "opts", None)
+    inner = getattr(rule, "rule", None)
+    if type(eta) is float or isinstance(opts, tuple) or hasattr(inner, "apply"):
+        sk = copy.copy(rule)
+        if type(eta) is float:
+            etas.append(eta)
+            object.__setattr__(sk, "eta", _ETA)
+        if isinstance(opts, tuple):
+            object.__setattr__(sk, "opts", tuple(_split(o, etas) for o in opts))
+        if hasattr(inner, "apply"):
+            object.__setattr__(sk, "rule", _split(inner, etas))
+        return sk
+    return rule
+
+
+def _fill(sk, it):
+    import copy
+    eta = getattr(sk, "eta", None)
+    opts = getattr(sk, "opts", None)
+    inner = getattr(sk, "rule", None)
+    if not (eta is _ETA or isinstance(opts, tuple) or hasattr(inner, "apply")):
+        return sk
+    r = copy.copy(sk)
+    if eta is _ETA:
+        object.__setattr__(r, "eta", next(it))
+    if isinstance(opts, tuple):
+        object.__setattr__(r, "opts", tuple(_fill(o, it) for o in opts))
+    if hasattr(inner, "apply"):
+        object.__setattr__(r, "rule", _fill(inner, it))
+    return r
+
+
+def _chunks(spec, etas):
+    it = iter(etas)
+    return [it] * len(spec[0])
+
+
+_step_donated = jax.jit(_group_step, static_argnums=(0,), donate_argnums=(2, 3))
 _step_pure = jax.jit(_group_step, static_argnums=(0,))
 
 
@@ -72,6 +121,8 @@ def _all_finite_norms(gs):
 
 
 def _spec(rules):
+    """``((skeleton, ...), (index per array,)), etas``: the distinct rules (by identity,
+    then equality) as skeletons without their learning rates, and those rates."""
     uniq: list = []
     ids: dict[int, int] = {}
     which = []
@@ -87,14 +138,16 @@ def _spec(rules):
                 uniq.append(r)
             ids[id(r)] = j
         which.append(j)
-    return tuple(uniq), tuple(which)
+    etas: list = []
+    skeletons = tuple(_split(r, etas) for r in uniq)
+    return (skeletons, tuple(which)), tuple(etas)
 
 
 def _update_jax(rules, states, xs, gs, *, inplace):
     if not xs or any(isinstance(a, jax.core.Tracer) for a in xs) or any(isinstance(a, jax.core.Tracer) for a in gs):
         return NotImplemented  # inside the user's own jit: the generic path is compiled anyway
     try:
-        spec = _spec(rules)
+        spec, etas = _spec(rules)
         hash(spec)
     except TypeError:  # traced or unhashable hyper-parameters
         return NotImplemented
@@ -109,7 +162,7 @@ def _update_jax(rules, states, xs, gs, *, inplace):
             donate = False
     fn = _step_donated if donate else _step_pure
     try:
-        new_states, new_xs = fn(spec, list(states), list(xs), list(gs))
+        new_states, new_xs = fn(spec, etas, list(states), list(xs), list(gs))
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError, TypeError):
         return NotImplemented  # a rule that cannot be traced: the generic path decides
     return [(s, Replace(x)) for s, x in zip(new_states, new_xs)]
