@@ -385,3 +385,40 @@ def test_jax_learning_rate_changes_do_not_recompile(monkeypatch):
             s2, ref = ft.update_(s2, ref, g)
     assert traces.count("OptimiserChain") == 1  # traced once, never again
     np.testing.assert_allclose(np.asarray(model["w"]), np.asarray(ref["w"]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("agg", ["mean", "sum"])
+def test_torch_logitbinarycrossentropy_kernel(dtype, agg):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((13, 4)) * 4
+    for target in (rng.random((13, 4)), (rng.random((13, 4)) < 0.5).astype(float)):
+        a = torch.tensor(logits, dtype=getattr(torch, dtype), requires_grad=True)
+        b = torch.tensor(logits, dtype=getattr(torch, dtype), requires_grad=True)
+        y = torch.tensor(target, dtype=getattr(torch, dtype))
+        out = ft.logitbinarycrossentropy(a, y, agg=agg)  # through the loss's hook
+        with fast.disabled():
+            ref = ft.logitbinarycrossentropy(b, y, agg=agg)
+        rtol = 1e-6 if dtype == "float32" else 1e-13
+        assert out.dtype == ref.dtype and out.shape == ref.shape
+        np.testing.assert_allclose(out.item(), ref.item(), rtol=rtol)
+        out.backward()
+        ref.backward()
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=rtol,
+                                   atol=10 * rtol * float(b.grad.abs().max()))
+
+
+def test_torch_loss_hooks_are_used(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from fluxtrain._backend import fast_torch
+    calls = []
+    for name in ("logitcrossentropy", "logitbinarycrossentropy"):
+        orig = fast._REGISTRY[(name, "torch")]
+        monkeypatch.setitem(fast._REGISTRY, (name, "torch"),
+                            lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    x, y = torch.zeros((2, 3)), torch.full((2, 3), 1 / 3)
+    assert abs(float(ft.logitcrossentropy(x, y)) - np.log(3)) < 1e-6
+    assert abs(float(ft.logitbinarycrossentropy(x, y)) - np.log(2)) < 1e-6
+    assert calls == ["logitcrossentropy", "logitbinarycrossentropy"]
+    assert fast_torch is not None

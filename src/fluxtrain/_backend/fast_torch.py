@@ -333,3 +333,19 @@ def logitcrossentropy_torch(yhat, y, axis, agg, ybool=False):
     if bool(torch.isnan(out)):
         return None
     return out
+
+
+@fast.register("logitbinarycrossentropy", "torch")
+def logitbinarycrossentropy_torch(yhat, y, agg):
+    """Flux's ``logitbinarycrossentropy`` (``(1 - y)*ŷ - logσ(ŷ)``, then mean or sum) as one
+    ``F.binary_cross_entropy_with_logits`` call, which computes the same stable formula.
+    None (generic path) unless ``y`` is a tensor of ŷ's shape and float dtype, ``agg`` is
+    "mean" or "sum", and the result is not NaN."""
+    import torch.nn.functional as F
+    if (not isinstance(y, torch.Tensor) or y.shape != yhat.shape or y.dtype != yhat.dtype
+            or not yhat.dtype.is_floating_point or agg not in ("mean", "sum") or yhat.numel() == 0):
+        return None
+    out = F.binary_cross_entropy_with_logits(yhat, y, reduction=agg)
+    if bool(torch.isnan(out)):
+        return None
+    return out

@@ -12,7 +12,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .._backend import asarrays, check_domain, device_of, is_array, is_eager
+from .._backend import asarrays, check_domain, device_of, fast, is_array, is_eager
 from .._backend.math import _logsoftmax, _xlogy, as_result, logsigmoid, to_float
 from .._errors import ArgumentError
 from .._backend.math import quiet
@@ -97,6 +97,10 @@ def logitcrossentropy(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean
     check_agg(agg)
     axis = _axis(axis)
     xp, yhat, y, ybool = prepare(yhat, y)
+    kernel = fast.lookup("logitcrossentropy", xp)  # one fused call where a backend has it
+    out = kernel(yhat, y, axis, agg, ybool) if kernel is not None else None
+    if out is not None:
+        return as_result(out)
     lsm = _logsoftmax(yhat, xp, axis)
     prod = y * lsm
     if ybool:
@@ -139,6 +143,10 @@ def logitbinarycrossentropy(yhat: Any, y: Any, /, *, agg: Agg = "mean") -> Any:
     """
     check_agg(agg)
     xp, yhat, y, _ = prepare(yhat, y)
+    kernel = fast.lookup("logitbinarycrossentropy", xp)  # one fused call where a backend has it
+    out = kernel(yhat, y, agg) if kernel is not None else None
+    if out is not None:
+        return as_result(out)
     return aggregate((1 - y) * yhat - logsigmoid(yhat), agg, xp)
 
 
