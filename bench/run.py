@@ -3,10 +3,17 @@
 Every comparison runs in one process, side by side, with interleaved repetitions and
 medians; the output is Markdown (``BENCHMARKS.md`` at the repository root by default).
 
-    python bench/run.py                      # everything, full size (a few minutes)
-    python bench/run.py --quick              # small sizes, few repetitions (~1 minute)
+    python bench/run.py                      # everything, full size (~10 min on 2 cores)
+    python bench/run.py --quick              # 1 M parameters, 3 repetitions (~5 min)
     python bench/run.py --groups optim --rules Adam,Lion --splits 1,1000
     python bench/run.py --groups losses --libs torch --out -   # print, do not write
+
+    # BENCHMARKS.md as committed: three runs of a few minutes each
+    python bench/run.py --groups optim --rules Adam --reps 7          # Adam and AdamW
+    python bench/run.py --groups optim --rules Momentum,Lion,Chain --reps 7 --append
+    python bench/run.py --groups losses,train --append
+
+Most of the time at 1,000 arrays is JAX compilation (warm-up, not timed).
 
 Timings on a shared machine are noisy: each table reports the median spread, and ratios
 of cases measured in the same interleaved run are more trustworthy than absolute times.
@@ -38,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 9, 3 quick)")
     p.add_argument("--generic", default="Adam",
                    help="rules whose fluxtrain generic (fast paths off) path is also timed: a comma list, 'all' or ''")
+    p.add_argument("--append", action="store_true",
+                   help="append these sections to an existing --out file (run groups separately, "
+                        "each a few minutes, into one report)")
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="output file, '-' for stdout")
     a = p.parse_args(argv)
 
@@ -75,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             "## Machine and versions\n",
             md_table(["", ""], [[k, v] for k, v in info.items()]), ""]
     text = "\n".join(head) + "\n" + "\n".join(parts)
+    if a.append and a.out != "-" and Path(a.out).exists():
+        note = (f"*Appended by `{cmd.strip()}` at {info['date (UTC)']} UTC; load average "
+                f"{info['load average at start']} at start, {info['load average at end']} at end; "
+                f"{info['suite wall time']}.*\n")
+        text = Path(a.out).read_text().rstrip("\n") + "\n\n" + note + "\n" + "\n".join(parts)
     if a.out == "-":
         print(text)
     else:
