@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 9, 3 quick)")
     p.add_argument("--generic", default="Adam",
                    help="rules whose fluxtrain generic (fast paths off) path is also timed: a comma list, 'all' or ''")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for torch and numba (default: their own default, all cores)")
     p.add_argument("--append", action="store_true",
                    help="append these sections to an existing --out file (run groups separately, "
                         "each a few minutes, into one report)")
@@ -61,7 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     splits = [int(s) for s in a.splits.split(",") if s]
     rules = [r for r in a.rules.split(",") if r] or None
 
+    if a.threads:
+        try:
+            import torch
+            torch.set_num_threads(a.threads)
+        except ImportError:
+            pass
+        try:
+            import numba
+            numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
+        except ImportError:
+            pass
     info = machine()
+    if a.threads:
+        info["threads (--threads)"] = str(a.threads)
     t0 = time.time()
     parts = []
     if "optim" in groups:
