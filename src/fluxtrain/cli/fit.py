@@ -12,10 +12,10 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
+from .._io import atomic_write
 from .commands import UserError, command
 from .fit_data import BUILTIN, load_dataset, split_dataset
 from .fit_model import BACKENDS, make_model
@@ -113,23 +113,6 @@ def _targets(y: np.ndarray, task: str, link: str, k: int) -> np.ndarray:
     return 2 * col - 1 if link == "pm1" else col
 
 
-def _write_atomic(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _plot(path: str, history: list[dict], task: str, title: str) -> None:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -150,7 +133,7 @@ def _plot(path: str, history: list[dict], task: str, title: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _write_atomic(path, lambda f: fig.savefig(f, format="png"))
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
 # ----------------------------------------------------------------------------- command
@@ -280,7 +263,7 @@ def _run(a: argparse.Namespace) -> int:
               f"val loss {vl:.4f}  {score} {fmt(va)}", flush=True)
         save_checkpoint(ckpt, params, state, epoch=epoch, step=epoch * len(loader), schedule_position=epoch,
                         rng=loader.rng, extra={"config": config, "history": history})
-    _write_atomic(os.path.join(a.out, "history.json"),
+    atomic_write(os.path.join(a.out, "history.json"),
                   lambda f: f.write(json.dumps({"config": config, "history": history}, indent=1).encode()))
     if history:
         _plot(os.path.join(a.out, "loss.png"), history, ds.task, f"fluxtrain fit: {ds.name} ({loss_name})")

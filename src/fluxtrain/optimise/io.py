@@ -17,6 +17,7 @@ import numpy as np
 
 from .._backend import device_of, is_array, is_jax, namespace, to_numpy
 from .._errors import ArgumentError
+from .._io import atomic_write
 from array_api_compat import to_device
 from .tree import Leaf, format_path, leaves
 
@@ -91,13 +92,17 @@ def _fill(s, flat, path, sub, prefix):
 
 def save_state(path: str | os.PathLike, state: Any) -> None:
     """Write the state's arrays to ``path``: safetensors when it ends in ``.safetensors``,
-    else NumPy ``.npz`` (``numpy.savez``)."""
+    else NumPy ``.npz`` (``numpy.savez``; like it, adds ``.npz`` to a name without it).
+
+    The file is written atomically (a temporary file in the same folder, renamed over
+    ``path``), so an interrupted save leaves the previous file intact."""
     flat = flatten_state(state)
-    if str(path).endswith(".safetensors"):
-        from safetensors.numpy import save_file
-        save_file(flat, str(path))
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save
+        atomic_write(path, lambda f: f.write(save(flat)))
     else:
-        np.savez(path, **flat)
+        atomic_write(path if path.endswith(".npz") else path + ".npz", lambda f: np.savez(f, **flat))
 
 
 def load_state(path: str | os.PathLike, like: Any) -> Any:

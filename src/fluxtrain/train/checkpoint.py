@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .._backend import is_array, is_writeable, put, to_numpy
 from .._errors import ArgumentError
+from .._io import atomic_write
 from .gradient import _is_jax_array, _is_torch_module, _is_torch_tensor, _node, tree_leaves_with_path
 
 __all__ = ["save_checkpoint", "load_checkpoint", "Checkpoint"]
@@ -177,25 +177,6 @@ def _rng_load(desc: Any, name: str, arrays: dict[str, np.ndarray], like: Any) ->
 
 # ----------------------------------------------------------------------------- files
 
-def _atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def save_checkpoint(path: str | os.PathLike, model: Any, state: Any = None, *,
                     step: int | None = None, epoch: int | None = None,
                     schedule_position: Any = None, rng: Any = None, extra: Any = None) -> None:
@@ -236,7 +217,8 @@ def save_checkpoint(path: str | os.PathLike, model: Any, state: Any = None, *,
     except TypeError as e:
         raise ArgumentError(f"save_checkpoint: step/epoch/schedule_position/extra must be JSON values ({e})") from None
     arrays["__meta__"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    _atomic_write_npz(path, arrays)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_checkpoint(path: str | os.PathLike, model_like: Any, state_like: Any = None, *,
