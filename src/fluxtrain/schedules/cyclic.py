@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, ClassVar, Optional
 
 from ._base import Schedule, _count, _math, _real
 
@@ -68,7 +68,60 @@ def _endpoints(owner: str, range_, offset, l0, l1, period) -> tuple[float, float
 
 
 @dataclass(frozen=True, init=False)
-class Triangle(Schedule):
+class _Wave(Schedule):
+    """``amplitude(t) * wave(t) + offset``. Each public class sets ``_wave`` (``_tri`` or
+    ``_sin``); the amplitude is the constant ``range`` here and decays in the two bases
+    below. The constructor takes the endpoints or (range, offset), see the module doc."""
+
+    range: float
+    offset: float
+    period: int
+
+    def __init__(self, range: Optional[float] = None, offset: Optional[float] = None,
+                 period: Optional[int] = None, *, l0: Optional[float] = None,
+                 l1: Optional[float] = None):
+        r, o, p = _endpoints(type(self).__name__, range, offset, l0, l1, period)
+        _set(self, range=r, offset=o, period=p)
+
+    _wave: ClassVar[Callable[[Any, int, Any], Any]]
+
+    def _amplitude(self, t, m):
+        return self.range
+
+    def _value(self, t):
+        m = _math(t)
+        return self._amplitude(t, m) * self._wave(t, self.period, m) + self.offset
+
+
+@dataclass(frozen=True, init=False)
+class _HalvingWave(_Wave):
+    """Amplitude ``range * 0.5^(ceil(t/period) - 1)``: halved every period."""
+
+    def _amplitude(self, t, m):
+        return self.range * 0.5 ** (m.ceil(t / self.period) - 1)
+
+
+@dataclass(frozen=True, init=False)
+class _ExpWave(_Wave):
+    """Amplitude ``range * decay^(t - 1)``, with a fourth field ``decay``."""
+
+    decay: float
+
+    def __init__(self, range: Optional[float] = None, offset: Optional[float] = None,
+                 period: Optional[int] = None, decay: Optional[float] = None, *,
+                 l0: Optional[float] = None, l1: Optional[float] = None):
+        super().__init__(range, offset, period, l0=l0, l1=l1)
+        owner = type(self).__name__
+        if decay is None:
+            raise TypeError(f"{owner}: decay is required")
+        _set(self, decay=_real(decay, "decay", owner))
+
+    def _amplitude(self, t, m):
+        return self.range * self.decay ** (t - 1)
+
+
+@dataclass(frozen=True, init=False)
+class Triangle(_Wave):
     """Triangle wave between ``offset`` and ``offset + range``::
 
         s(t) = range * (2/π) * |asin(sin(π (t - 1) / period))| + offset
@@ -85,22 +138,11 @@ class Triangle(Schedule):
         [0.0, 0.5, 1.0, 0.5, 0.0]
     """
 
-    range: float
-    offset: float
-    period: int
-
-    def __init__(self, range: Optional[float] = None, offset: Optional[float] = None,
-                 period: Optional[int] = None, *, l0: Optional[float] = None,
-                 l1: Optional[float] = None):
-        r, o, p = _endpoints("Triangle", range, offset, l0, l1, period)
-        _set(self, range=r, offset=o, period=p)
-
-    def _value(self, t):
-        return self.range * _tri(t, self.period, _math(t)) + self.offset
+    _wave = staticmethod(_tri)
 
 
 @dataclass(frozen=True, init=False)
-class TriangleDecay2(Schedule):
+class TriangleDecay2(_HalvingWave):
     """Triangle wave whose amplitude halves every period::
 
         s(t) = range * tri(t) / 2^floor((t - 1) / period) + offset
@@ -116,24 +158,11 @@ class TriangleDecay2(Schedule):
         [0.0, 1.0, 0.0, 0.5, 0.0]
     """
 
-    range: float
-    offset: float
-    period: int
-
-    def __init__(self, range: Optional[float] = None, offset: Optional[float] = None,
-                 period: Optional[int] = None, *, l0: Optional[float] = None,
-                 l1: Optional[float] = None):
-        r, o, p = _endpoints("TriangleDecay2", range, offset, l0, l1, period)
-        _set(self, range=r, offset=o, period=p)
-
-    def _value(self, t):
-        m = _math(t)
-        amplitude = self.range * 0.5 ** (m.ceil(t / self.period) - 1)
-        return amplitude * _tri(t, self.period, m) + self.offset
+    _wave = staticmethod(_tri)
 
 
 @dataclass(frozen=True, init=False)
-class TriangleExp(Schedule):
+class TriangleExp(_ExpWave):
     """Triangle wave with an exponentially decaying amplitude::
 
         s(t) = range * decay^(t - 1) * tri(t) + offset
@@ -148,25 +177,11 @@ class TriangleExp(Schedule):
         [0.0, 0.5, 0.0, 0.125]
     """
 
-    range: float
-    offset: float
-    period: int
-    decay: float
-
-    def __init__(self, range: Optional[float] = None, offset: Optional[float] = None,
-                 period: Optional[int] = None, decay: Optional[float] = None, *,
-                 l0: Optional[float] = None, l1: Optional[float] = None):
-        r, o, p = _endpoints("TriangleExp", range, offset, l0, l1, period)
-        if decay is None:
-            raise TypeError("TriangleExp: decay is required")
-        _set(self, range=r, offset=o, period=p, decay=_real(decay, "decay", "TriangleExp"))
-
-    def _value(self, t):
-        return (self.range * self.decay ** (t - 1)) * _tri(t, self.period, _math(t)) + self.offset
+    _wave = staticmethod(_tri)
 
 
 @dataclass(frozen=True, init=False)
-class Sin(Schedule):
+class Sin(_Wave):
     """Rectified sine wave::
 
         s(t) = range * |sin(π (t - 1) / period)| + offset
@@ -180,22 +195,11 @@ class Sin(Schedule):
         [0.0, 1.0, 0.0, 1.0]
     """
 
-    range: float
-    offset: float
-    period: int
-
-    def __init__(self, range: Optional[float] = None, offset: Optional[float] = None,
-                 period: Optional[int] = None, *, l0: Optional[float] = None,
-                 l1: Optional[float] = None):
-        r, o, p = _endpoints("Sin", range, offset, l0, l1, period)
-        _set(self, range=r, offset=o, period=p)
-
-    def _value(self, t):
-        return self.range * _sin(t, self.period, _math(t)) + self.offset
+    _wave = staticmethod(_sin)
 
 
 @dataclass(frozen=True, init=False)
-class SinDecay2(Schedule):
+class SinDecay2(_HalvingWave):
     """Rectified sine wave whose amplitude halves every period::
 
         s(t) = range * |sin(π (t - 1) / period)| / 2^floor((t - 1) / period) + offset
@@ -207,24 +211,11 @@ class SinDecay2(Schedule):
         [0.0, 1.0, 0.0, 0.5]
     """
 
-    range: float
-    offset: float
-    period: int
-
-    def __init__(self, range: Optional[float] = None, offset: Optional[float] = None,
-                 period: Optional[int] = None, *, l0: Optional[float] = None,
-                 l1: Optional[float] = None):
-        r, o, p = _endpoints("SinDecay2", range, offset, l0, l1, period)
-        _set(self, range=r, offset=o, period=p)
-
-    def _value(self, t):
-        m = _math(t)
-        amplitude = self.range * 0.5 ** (m.ceil(t / self.period) - 1)
-        return amplitude * _sin(t, self.period, m) + self.offset
+    _wave = staticmethod(_sin)
 
 
 @dataclass(frozen=True, init=False)
-class SinExp(Schedule):
+class SinExp(_ExpWave):
     """Rectified sine wave with an exponentially decaying amplitude::
 
         s(t) = range * decay^(t - 1) * |sin(π (t - 1) / period)| + offset
@@ -236,21 +227,7 @@ class SinExp(Schedule):
         [0.0, 0.5, 0.0, 0.125]
     """
 
-    range: float
-    offset: float
-    period: int
-    decay: float
-
-    def __init__(self, range: Optional[float] = None, offset: Optional[float] = None,
-                 period: Optional[int] = None, decay: Optional[float] = None, *,
-                 l0: Optional[float] = None, l1: Optional[float] = None):
-        r, o, p = _endpoints("SinExp", range, offset, l0, l1, period)
-        if decay is None:
-            raise TypeError("SinExp: decay is required")
-        _set(self, range=r, offset=o, period=p, decay=_real(decay, "decay", "SinExp"))
-
-    def _value(self, t):
-        return (self.range * self.decay ** (t - 1)) * _sin(t, self.period, _math(t)) + self.offset
+    _wave = staticmethod(_sin)
 
 
 @dataclass(frozen=True, init=False)
