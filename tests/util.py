@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -110,3 +113,24 @@ def assert_close(actual: Any, expected: Any, *, rtol: float = 1e-12, atol: float
         assert str(a.dtype) == dtype, f"dtype {a.dtype} != {dtype}"
     np.testing.assert_allclose(a, np.asarray(expected, dtype=a.dtype if a.dtype.kind in "fc" else None),
                                rtol=rtol, atol=atol, equal_nan=True)
+
+
+def reference_path() -> Path:
+    """``shared/reference/flux-vectors.json`` beside the checkout, or $FLUXTRAIN_REFERENCE
+    (a file or its folder)."""
+    env = os.environ.get("FLUXTRAIN_REFERENCE")
+    if env:
+        p = Path(env)
+        return p / "flux-vectors.json" if p.is_dir() else p
+    return Path(__file__).resolve().parents[2] / "shared" / "reference" / "flux-vectors.json"
+
+
+REFERENCE = reference_path()
+
+
+def reference_entries(*fns: str) -> list[dict]:
+    """The entries of :data:`REFERENCE` whose ``fn`` is one of ``fns``, in file order;
+    ``[]`` when the file is not there."""
+    if not REFERENCE.exists():
+        return []
+    return [e for e in json.loads(REFERENCE.read_text()) if e["fn"] in fns]

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,27 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 import fluxtrain
 from fluxtrain import ctc_loss
-from tests.util import HAVE_JAX, HAVE_TORCH, assert_close
-
-
-
-def _vectors_path() -> Path:
-    """``shared/reference/flux-vectors.json`` beside the checkout, or $FLUXTRAIN_REFERENCE
-    (a file or its folder), as in test_parity_vectors.py."""
-    env = os.environ.get("FLUXTRAIN_REFERENCE")
-    if env:
-        p = Path(env)
-        return p / "flux-vectors.json" if p.is_dir() else p
-    return Path(__file__).resolve().parents[3] / "shared" / "reference" / "flux-vectors.json"
-
-
-VECTORS = _vectors_path()
-
-
-def _entries(fn):
-    if not VECTORS.exists():
-        return []
-    return [e for e in json.loads(VECTORS.read_text()) if e["fn"] == fn]
+from tests.util import HAVE_JAX, HAVE_TORCH, REFERENCE, assert_close, reference_entries
 
 
 def _julia(a):
@@ -45,12 +22,12 @@ def _py_labels(julia_labels):
     return [int(v) - 1 for v in julia_labels]  # Flux's 1-based labels → 0-based
 
 
-LOSS_ENTRIES = _entries("ctc_loss")
-GRAD_ENTRIES = _entries("gradient(ctc_loss)[1]")
+LOSS_ENTRIES = reference_entries("ctc_loss")
+GRAD_ENTRIES = reference_entries("gradient(ctc_loss)[1]")
 
 
 def test_vectors_present():
-    if not VECTORS.exists():
+    if not REFERENCE.exists():
         pytest.skip("flux-vectors.json not available")
     assert len(LOSS_ENTRIES) == 2 and len(GRAD_ENTRIES) == 2
 

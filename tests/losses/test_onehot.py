@@ -1,10 +1,7 @@
 """onehot / onehotbatch / onecold: Flux's vectors, backends, errors, round trips."""
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,33 +9,14 @@ from hypothesis import given, settings, strategies as st
 
 import fluxtrain
 from fluxtrain import ArgumentError, DimensionMismatch, onecold, onehot, onehotbatch
+from tests.util import REFERENCE, reference_entries
 
 
-
-def _vectors_path() -> Path:
-    """``shared/reference/flux-vectors.json`` beside the checkout, or $FLUXTRAIN_REFERENCE
-    (a file or its folder), as in test_parity_vectors.py."""
-    env = os.environ.get("FLUXTRAIN_REFERENCE")
-    if env:
-        p = Path(env)
-        return p / "flux-vectors.json" if p.is_dir() else p
-    return Path(__file__).resolve().parents[3] / "shared" / "reference" / "flux-vectors.json"
-
-
-VECTORS = _vectors_path()
-
-
-def _entries(*fns):
-    if not VECTORS.exists():
-        return []
-    return [e for e in json.loads(VECTORS.read_text()) if e["fn"] in fns]
-
-
-ENTRIES = _entries("onehot", "onehotbatch", "onecold")
+ENTRIES = reference_entries("onehot", "onehotbatch", "onecold")
 
 
 def test_vector_count():
-    if not VECTORS.exists():
+    if not REFERENCE.exists():
         pytest.skip("flux-vectors.json not available")
     assert len(ENTRIES) == 10
 

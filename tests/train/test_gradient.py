@@ -2,29 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import operator
-import os
-import pathlib
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from fluxtrain import ArgumentError, gradient, withgradient
-from tests.util import HAVE_JAX, HAVE_TORCH, assert_close
+from tests.util import HAVE_JAX, HAVE_TORCH, REFERENCE, assert_close, reference_entries
 
 
-def _ref_path() -> pathlib.Path:
-    """``shared/reference/flux-vectors.json`` beside the checkout, or $FLUXTRAIN_REFERENCE."""
-    env = os.environ.get("FLUXTRAIN_REFERENCE")
-    if env:
-        p = pathlib.Path(env)
-        return p / "flux-vectors.json" if p.is_dir() else p
-    return pathlib.Path(__file__).resolve().parents[3] / "shared" / "reference" / "flux-vectors.json"
-
-
-REF = _ref_path()
 # The docstring vectors of flux-semantics.md §6.1 (the JSON's Flux.gradient / Flux.withgradient
 # entries), used when the JSON file is not beside the checkout.
 _INLINE = [
@@ -40,14 +27,13 @@ AD_LIBS = [pytest.param("torch", marks=pytest.mark.skipif(not HAVE_TORCH, reason
 
 
 def _ref_entries(fn: str) -> list[dict]:
-    entries = json.loads(REF.read_text()) if REF.exists() else _INLINE
-    return [e for e in entries if e["fn"] == fn]
+    return reference_entries(fn) if REFERENCE.exists() else [e for e in _INLINE if e["fn"] == fn]
 
 
 def test_inline_vectors_match_the_json():
-    if not REF.exists():
+    if not REFERENCE.exists():
         pytest.skip("flux-vectors.json not available (the inline copy is used)")
-    got = [e for e in json.loads(REF.read_text()) if e["fn"] in ("Flux.gradient", "Flux.withgradient")]
+    got = reference_entries("Flux.gradient", "Flux.withgradient")
     assert [(e["args"], e["expected"]) for e in got] == [(e["args"], e["expected"]) for e in _INLINE]
 
 
@@ -73,35 +59,33 @@ def _lib(backend_name):
     return Backend(backend_name)
 
 
+def _cases(b, fn: str) -> list[tuple]:
+    """(function, arguments on backend ``b``, expected) for each reference entry ``fn``."""
+    entries = _ref_entries(fn)
+    assert entries
+    return [(_FUNCS[e["args"][0]], [_arg(b, a) for a in e["args"][1:]], e["expected"]) for e in entries]
+
+
 @pytest.mark.parametrize("lib", AD_LIBS)
 def test_flux_vectors_gradient(lib):
     b = _lib(lib)
-    entries = _ref_entries("Flux.gradient")
-    assert entries
-    for e in entries:
-        f = _FUNCS[e["args"][0]]
-        args = [_arg(b, a) for a in e["args"][1:]]
+    for f, args, expected in _cases(b, "Flux.gradient"):
         g = gradient(f, *args, backend=lib)
         assert len(g) == len(args)
         if all(isinstance(a, float) for a in args):
-            assert g == tuple(e["expected"])  # "==" in the JSON: exact
+            assert g == tuple(expected)  # "==" in the JSON: exact
             assert all(type(x) is float for x in g)
         else:
-            for gi, exp in zip(g, e["expected"]):
+            for gi, exp in zip(g, expected):
                 np.testing.assert_array_equal(b.to_numpy(gi), np.asarray(exp))
 
 
 @pytest.mark.parametrize("lib", AD_LIBS)
 def test_flux_vectors_withgradient(lib):
     b = _lib(lib)
-    entries = _ref_entries("Flux.withgradient")
-    assert entries
-    for e in entries:
-        f = _FUNCS[e["args"][0]]
-        args = [_arg(b, a) for a in e["args"][1:]]
+    for f, args, exp in _cases(b, "Flux.withgradient"):
         r = withgradient(f, *args, backend=lib)
         assert r.val is r[0] and r.grad is r[1]
-        exp = e["expected"]
         if isinstance(exp["val"], list):  # auxiliary output: (value, aux array)
             assert float(r.val[0]) == exp["val"][0]
             np.testing.assert_array_equal(b.to_numpy(r.val[1]), np.asarray(exp["val"][1]))

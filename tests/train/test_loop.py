@@ -1,10 +1,7 @@
 """``train`` / ``trainstep``: Flux's ``train!`` doctest on PyTorch and JAX, and its rules."""
 from __future__ import annotations
 
-import json
 import math
-import os
-import pathlib
 import warnings
 
 import numpy as np
@@ -12,19 +9,9 @@ import pytest
 
 from fluxtrain import (ArgumentError, Descent, DomainError, Momentum, Adam, gradient, setup, train,
                        trainstep, update_, withgradient)
-from tests.util import HAVE_JAX, HAVE_TORCH
+from tests.util import HAVE_JAX, HAVE_TORCH, REFERENCE, reference_entries
 
 
-def _ref_path() -> pathlib.Path:
-    """``shared/reference/flux-vectors.json`` beside the checkout, or $FLUXTRAIN_REFERENCE."""
-    env = os.environ.get("FLUXTRAIN_REFERENCE")
-    if env:
-        p = pathlib.Path(env)
-        return p / "flux-vectors.json" if p.is_dir() else p
-    return pathlib.Path(__file__).resolve().parents[3] / "shared" / "reference" / "flux-vectors.json"
-
-
-REF = _ref_path()
 # Flux's train! doctest (flux-semantics.md §6.4), also the JSON entry `Flux.train!`
 DOCTEST = {"bias_after": [10.19], "weight_after": [[3.038, -2.057]],
            "momentum_state_weight": [[-2.018, 3.027]], "momentum_state_bias": [-10.09],
@@ -39,8 +26,8 @@ if HAVE_JAX:
 
 def _reference() -> dict:
     """The doctest's numbers; when the JSON reference is present they must agree with it."""
-    if REF.exists():
-        (e,) = [e for e in json.loads(REF.read_text()) if e["fn"] == "Flux.train!"]
+    if REFERENCE.exists():
+        (e,) = reference_entries("Flux.train!")
         for k, v in DOCTEST.items():
             assert e["expected"][k] == v, k
     return {"expected": DOCTEST}
