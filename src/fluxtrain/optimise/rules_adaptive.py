@@ -15,6 +15,13 @@ from .base import Rule, caster, eps_cast, full, scalar, zeros
 __all__ = ["Adam", "RAdam", "AdaMax", "OAdam", "AMSGrad", "NAdam", "AdamW", "AdaBelief"]
 
 
+def _hyper(rule, x):
+    """``T``, the namespace, and ``T.((eta, beta[1], beta[2]))`` with ``_eps(T, epsilon)``:
+    the hyper-parameters rounded to ``x``'s dtype, as every rule here starts."""
+    T = caster(x)
+    return T, namespace(x), T(rule.eta), T(rule.beta[0]), T(rule.beta[1]), eps_cast(T, rule.epsilon)
+
+
 def _betas(rule, x):
     """``T.(beta)`` as a pair of 0-d arrays (the running products start at beta)."""
     T = caster(x)
@@ -54,9 +61,7 @@ class Adam(Rule):
         return (zeros(x), zeros(x), _betas(self, x))
 
     def apply(self, state, x, g):
-        T = caster(x)
-        xp = namespace(x)
-        eta, b1, b2, eps = T(self.eta), T(self.beta[0]), T(self.beta[1]), eps_cast(T, self.epsilon)
+        T, xp, eta, b1, b2, eps = _hyper(self, x)
         m, v, bt = state
         m, v = _moments(m, v, g, b1, b2, T)
         delta = m / (1 - bt[0]) / (xp.sqrt(v / (1 - bt[1])) + eps) * eta
@@ -82,9 +87,7 @@ class RAdam(Rule):
         return (zeros(x), zeros(x), _betas(self, x), scalar(x, 1, dtype=namespace(x).int32))
 
     def apply(self, state, x, g):
-        T = caster(x)
-        xp = namespace(x)
-        eta, b1, b2, eps = T(self.eta), T(self.beta[0]), T(self.beta[1]), eps_cast(T, self.epsilon)
+        T, xp, eta, b1, b2, eps = _hyper(self, x)
         rinf = T(T(2 / T(1 - b2)) - 1)
         m, v, bt, t = state
         m, v = _moments(m, v, g, b1, b2, T)
@@ -116,9 +119,7 @@ class AdaMax(Rule):
         return (zeros(x), zeros(x), _betas(self, x))
 
     def apply(self, state, x, g):
-        T = caster(x)
-        xp = namespace(x)
-        eta, b1, b2, eps = T(self.eta), T(self.beta[0]), T(self.beta[1]), eps_cast(T, self.epsilon)
+        T, xp, eta, b1, b2, eps = _hyper(self, x)
         m, u, bt = state
         m = b1 * m + T(1 - b1) * g
         u = xp.maximum(b2 * u, xp.abs(g))
@@ -142,9 +143,7 @@ class OAdam(Rule):
         return (zeros(x), zeros(x), _betas(self, x), zeros(x))
 
     def apply(self, state, x, g):
-        T = caster(x)
-        xp = namespace(x)
-        eta, b1, b2, eps = T(self.eta), T(self.beta[0]), T(self.beta[1]), eps_cast(T, self.epsilon)
+        T, xp, eta, b1, b2, eps = _hyper(self, x)
         m, v, bt, prev = state
         m, v = _moments(m, v, g, b1, b2, T)
         term = eta * m / (1 - bt[0]) / (xp.sqrt(v / (1 - bt[1])) + eps)
@@ -169,9 +168,7 @@ class AMSGrad(Rule):
         return (full(x, e), full(x, e), full(x, e))
 
     def apply(self, state, x, g):
-        T = caster(x)
-        xp = namespace(x)
-        eta, b1, b2, eps = T(self.eta), T(self.beta[0]), T(self.beta[1]), eps_cast(T, self.epsilon)
+        T, xp, eta, b1, b2, eps = _hyper(self, x)
         m, v, vhat = state
         m, v = _moments(m, v, g, b1, b2, T)
         vhat = xp.maximum(vhat, v)
@@ -194,9 +191,7 @@ class NAdam(Rule):
         return (zeros(x), zeros(x), _betas(self, x))
 
     def apply(self, state, x, g):
-        T = caster(x)
-        xp = namespace(x)
-        eta, b1, b2, eps = T(self.eta), T(self.beta[0]), T(self.beta[1]), eps_cast(T, self.epsilon)
+        T, xp, eta, b1, b2, eps = _hyper(self, x)
         m, v, bt = state
         m, v = _moments(m, v, g, b1, b2, T)
         num = b1 * m / (1 - b1 * bt[0]) + T(1 - b1) * g / (1 - bt[0])
@@ -255,9 +250,7 @@ class AdaBelief(Rule):
         return (zeros(x), zeros(x), _betas(self, x))
 
     def apply(self, state, x, g):
-        T = caster(x)
-        xp = namespace(x)
-        eta, b1, b2, eps = T(self.eta), T(self.beta[0]), T(self.beta[1]), eps_cast(T, self.epsilon)
+        T, xp, eta, b1, b2, eps = _hyper(self, x)
         m, s, bt = state
         m = b1 * m + T(1 - b1) * g
         d = g - m
