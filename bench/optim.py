@@ -373,7 +373,7 @@ def _ratios(rule: str, k: int, r: dict[str, Timing]) -> list[list[str]]:
 
     if rule in ("Adam", "AdamW"):
         add("fluxtrain torch update_", "torch.optim fused",
-            "≤ 1.0× (≤ 1.1× at 1000)" if rule == "Adam" else "≤ 1.0× foreach")
+            "≤ 1.0× (≤ 1.1× at 1000)" if rule == "Adam" else "")
     if rule != "Adam":
         peer = "hand-written torch foreach" if rule == "Lion" else "torch.optim foreach"
         add("fluxtrain torch update_", peer, "≤ 1.0×")
