@@ -263,3 +263,66 @@ def test_equinox_model_trains_through_return_value():
         state, model = train(loss, model, [(x, y)], state, progress=False)
     assert type(model) is type(lin)
     assert float(loss(model, x, y)) < first / 10
+
+
+# --------------------------------------------------------------------------------------
+# JAX: the compiled step (jit=True, the default) and its opt-out / eager fallback
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not HAVE_JAX, reason="needs jax")
+def test_jax_jit_matches_eager_and_traces_once():
+    _, x1, y1, loss, params, mom = _make("jax", "float64")
+    calls = []
+
+    def counted(m, x, y):
+        calls.append(1)
+        return loss(m, x, y), {"z": m["bias"] * 2}
+
+    out = {}
+    for jit in (True, False):
+        calls.clear()
+        model = _make("jax", "float64")[0]  # fresh arrays: update_ may reuse the old buffers
+        state = setup(Momentum(0.1), model)
+        state, model = train(counted, model, [(x1, y1)] * 5, state, progress=False, jit=jit)
+        out[jit] = (params(model), mom(state), list(calls))
+    np.testing.assert_allclose(_np(out[True][0][1]), _np(out[False][0][1]), rtol=1e-12)
+    np.testing.assert_allclose(_np(out[True][1][0]), _np(out[False][1][0]), rtol=1e-12)
+    assert len(out[False][2]) == 5   # opt-out: the loss runs (eagerly) at each step
+    assert len(out[True][2]) == 2    # one eager step, then one trace, then compiled
+    # a second call reuses the compiled step: no eager step, no new trace
+    calls.clear()
+    model = _make("jax", "float64")[0]
+    train(counted, model, [(x1, y1)] * 3, setup(Momentum(0.1), model), progress=False)
+    assert calls == []
+
+
+@pytest.mark.skipif(not HAVE_JAX, reason="needs jax")
+def test_jax_jit_nonfinite_and_untraceable_fallback():
+    model, x1, y1, loss, params, mom = _make("jax", "float64")
+    fresh = lambda: _make("jax", "float64")[0]  # noqa: E731 - update_ may reuse old buffers
+    state = setup(Descent(0.1), model)
+
+    def nan_third(m, x, y):
+        return loss(m, x, y) * jnp.where(x[0] > 1, jnp.nan, 1.0)
+    batches = [(x1, y1), (x1, y1), (x1 + 5, y1), (x1, y1)]
+    with pytest.raises(DomainError, match="data item 3"):
+        train(nan_third, model, batches, state, progress=False)
+
+    def untraceable(m, x, y):  # float() of a traced value: cannot be compiled
+        return loss(m, x, y) * (1.0 if float(x[0]) > 0 else 2.0)
+    model = fresh()
+    state = setup(Descent(0.1), model)
+    with pytest.warns(UserWarning, match="could not be compiled with jax.jit"):
+        _, m_jit = train(untraceable, model, [(x1, y1)] * 3, state, progress=False)
+    model = fresh()
+    state = setup(Descent(0.1), model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, m_eager = train(untraceable, model, [(x1, y1)] * 3, state, progress=False, jit=False)
+    np.testing.assert_allclose(_np(params(m_jit)[0]), _np(params(m_eager)[0]), rtol=1e-12)
+
+    def broken(m, x, y):  # a genuine error is re-raised, not hidden by the fallback
+        return (m["weight"] @ jnp.ones(3)).sum()
+    model = fresh()
+    with pytest.raises(TypeError):
+        train(broken, model, [(x1, y1)] * 2, setup(Descent(0.1), model), progress=False)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from .._backend import is_writeable
 from .._errors import ArgumentError, DomainError
-from .gradient import _first, _is_jax_array, _is_torch_module, tree_leaves_with_path, withgradient
+from .gradient import _check_jax_scalar, _first, _is_jax_array, _is_torch_module, tree_leaves_with_path, withgradient
 
 __all__ = ["train", "trainstep"]
 
@@ -39,15 +39,151 @@ def _loss_value(val: Any) -> float:
                             f"got {type(y).__name__}") from None
 
 
-def _step(loss: Callable, model: Any, batch: Any, state: Any) -> tuple[Any, float, Any, Any]:
+def _step(loss: Callable, model: Any, batch: Any, state: Any,
+          jitted: "_JaxStep | None" = None) -> tuple[Any, float, Any, Any]:
     """One gradient + update; ``(val, loss_value, state, model)``; no update when not finite."""
     from ..optimise import update_
     args = _batch_args(batch)
-    val, (g,) = withgradient(lambda m: loss(m, *args), model)
+    res = jitted(model, args) if jitted is not None else None
+    if res is not None:
+        val, g = res
+    else:
+        val, (g,) = withgradient(lambda m: loss(m, *args), model)
+        if jitted is not None:
+            jitted.observe(val)
     lval = _loss_value(val)
     if math.isfinite(lval):
         state, model = update_(state, model, g)
     return val, lval, state, model
+
+
+# --------------------------------------------------------------------------------------
+# JAX: the gradient step compiled with jax.jit
+# --------------------------------------------------------------------------------------
+
+_JIT_CACHE: dict = {}   # (id(loss), treedef, kinds, id(statics)...) -> (loss, statics, jitted fn)
+_JIT_CACHE_MAX = 64
+_STATIC_TYPES = (int, bool, str, bytes, type(None))
+
+
+def _trace_errors() -> tuple:
+    """JAX's errors for Python code that needs concrete values (``float(x)``, ``if x > 0``,
+    ``np.asarray(x)``) or returns non-array values: the loss cannot be traced."""
+    import jax
+    e = jax.errors
+    return tuple(getattr(e, n) for n in ("ConcretizationTypeError", "TracerArrayConversionError",
+                                          "TracerIntegerConversionError", "TracerBoolConversionError")
+                 if hasattr(e, n))
+
+
+class _JaxStep:
+    """``value_and_grad`` of ``loss(model, *batch)`` w.r.t. the model's floating JAX arrays,
+    compiled once per (loss, model structure) and by ``jax.jit`` per batch shapes/dtypes.
+
+    Calling it returns ``(val, grad_tree)`` like ``withgradient``, or ``None`` when this
+    model / batch cannot go through the compiled path (then the eager path is used). The
+    first step of a new (loss, structure) runs eagerly and ``observe`` checks that the loss
+    returns only JAX arrays (a string in the aux output cannot come out of ``jax.jit``).
+    After a loss that cannot be traced it warns once and returns ``None`` from then on."""
+
+    def __init__(self, loss: Callable):
+        self.loss = loss
+        self.disabled = False
+        self._pending: list | None = None
+
+    def _plan(self, model: Any):
+        """``(fn, treedef, kinds)`` for this model, or ``None`` when it cannot be compiled:
+        every leaf must be a JAX array or a plain constant (a Python float would be
+        differentiated by the eager path, a NumPy array or a container jax does not know
+        would be baked in as a constant)."""
+        import jax
+        import jax.numpy as jnp
+        leaves, treedef = jax.tree_util.tree_flatten(model)
+        kinds, statics = [], []
+        for x in leaves:
+            if _is_jax_array(x):
+                kinds.append("d" if jnp.issubdtype(x.dtype, jnp.floating) else "c")
+            elif (isinstance(x, _STATIC_TYPES) or callable(x)) and not hasattr(x, "shape"):
+                kinds.append("s")
+                statics.append(x)
+            else:
+                return None
+        if not any(k == "d" for k in kinds):
+            return None
+        kinds = tuple(kinds)
+        key = (id(self.loss), treedef, kinds) + tuple(id(x) for x in statics)
+        hit = _JIT_CACHE.get(key)
+        if hit is not None and hit[0] is self.loss and all(a is b for a, b in zip(hit[1], statics)):
+            return hit, treedef, kinds
+        loss, statics_t = self.loss, tuple(statics)
+
+        def step(diff, consts, args):
+            def f(d):
+                it, it_c, it_s = iter(d), iter(consts), iter(statics_t)
+                full = [next(it) if k == "d" else next(it_c) if k == "c" else next(it_s) for k in kinds]
+                out = loss(jax.tree_util.tree_unflatten(treedef, full), *args)
+                return _check_jax_scalar(_first(out)), out
+            (_, out), g = jax.value_and_grad(f, has_aux=True)(list(diff))
+            return out, g
+
+        fn = jax.jit(step)
+        if len(_JIT_CACHE) >= _JIT_CACHE_MAX:
+            _JIT_CACHE.pop(next(iter(_JIT_CACHE)))
+        # [loss, statics, fn, verified]: verified once an eager step showed that the loss
+        # returns only JAX arrays (a string or Python number in the output would come back
+        # changed from a compiled function)
+        entry = _JIT_CACHE[key] = [loss, statics_t, fn, False]
+        return entry, treedef, kinds
+
+    def __call__(self, model: Any, args: tuple):
+        if self.disabled:
+            return None
+        import jax
+        import numpy as np
+        if not all(_is_jax_array(a) or isinstance(a, (np.ndarray, np.generic))
+                   for a in jax.tree_util.tree_leaves(args)):
+            return None
+        plan = self._plan(model)
+        if plan is None:
+            return None
+        entry, treedef, kinds = plan
+        if not entry[3]:
+            self._pending = entry  # run this step eagerly; `observe` checks its output
+            return None
+        fn = entry[2]
+        leaves = jax.tree_util.tree_leaves(model)
+        diff = [x for x, k in zip(leaves, kinds) if k == "d"]
+        consts = [x for x, k in zip(leaves, kinds) if k == "c"]
+        try:
+            out, g = fn(diff, consts, args)
+        except (TypeError, *_trace_errors()) as e:
+            # a TypeError is re-raised unless it is jax refusing a non-array input/output
+            # (a string in the aux output, say)
+            if type(e) is TypeError and "not a valid JAX type" not in str(e):
+                raise
+            self.disabled = True
+            warnings.warn(
+                f"train: the loss could not be compiled with jax.jit ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); running it eagerly instead, which is "
+                "much slower. Make the loss traceable (no float()/if on array values, no NumPy "
+                "calls on them) or pass train(..., jit=False) to silence this.",
+                UserWarning, stacklevel=4)
+            return None
+        it = iter(g)
+        grad = jax.tree_util.tree_unflatten(treedef, [next(it) if k == "d" else None for k in kinds])
+        return out, grad
+
+    def observe(self, val: Any) -> None:
+        """After an eager step: compile from the next step on when ``val`` (what the loss
+        returned) is all JAX arrays; otherwise stay eager for this call, silently."""
+        entry, self._pending = self._pending, None
+        if entry is None:
+            return
+        import jax
+        if all(_is_jax_array(v) for v in jax.tree_util.tree_leaves(val)):
+            entry[3] = True
+        else:
+            self.disabled = True
 
 
 def _updates_in_place(model: Any) -> bool:
@@ -83,6 +219,10 @@ def _as_state(state: Any, model: Any) -> Any:
             f"Please run `state = setup({name}(), model)` and pass this `state` to `train`.",
             UserWarning, stacklevel=3)
     return state
+
+
+def _holds_jax(model: Any) -> bool:
+    return any(_is_jax_array(x) for _, x in tree_leaves_with_path(model))
 
 
 def _trainmode(model: Any) -> None:
@@ -141,7 +281,7 @@ def trainstep(loss: Callable[..., Any], model: Any, batch: Any, state: Any) -> A
 
 
 def train(loss: Callable[..., Any], model: Any, data: Iterable, state: Any, *,
-          progress: bool = True, cb: Any = None) -> tuple[Any, Any]:
+          progress: bool = True, cb: Any = None, jit: bool = True) -> tuple[Any, Any]:
     """One pass over ``data``, updating ``model`` and ``state``: Flux's ``train!``.
 
     For each item ``d`` of ``data`` (1-based index ``i``), the gradient of
@@ -157,6 +297,14 @@ def train(loss: Callable[..., Any], model: Any, data: Iterable, state: Any, *,
       temporary state; a warning says that state is discarded when the rule keeps any.
     - A ``torch.nn.Module`` is put in training mode first (``model.train()``) and left so,
       as Flux 0.16.11's ``train!`` does with ``trainmode!``.
+    - ``jit`` (JAX models): the gradient step is compiled with ``jax.jit`` (value and
+      gradient of the loss w.r.t. the model's floating arrays), cached per loss, model
+      structure and batch shapes/dtypes. The first step of a new loss/structure runs
+      eagerly (it checks that the loss returns only arrays); Python side effects in the loss
+      then happen only when it is traced. A loss that cannot be traced (``float(x)``,
+      ``if x > 0`` on arrays) falls back to eager with a warning; ``jit=False`` opts out.
+      Models with Python floats or NumPy arrays among their leaves, and batches holding
+      anything but arrays, always run eagerly. ``update_`` itself is not compiled.
     - ``progress``: a tqdm bar on terminals (needs tqdm, ``pip install fluxtrain[fit]``;
       without it, no bar). ``cb`` is refused as in Flux.
 
@@ -182,10 +330,11 @@ def train(loss: Callable[..., Any], model: Any, data: Iterable, state: Any, *,
                             "For more control use a loop with `gradient` and `update_`.")
     state = _as_state(state, model)
     _trainmode(model)
+    jitted = _JaxStep(loss) if jit and _holds_jax(model) else None
     items = _progress(data, progress)
     try:
         for i, batch in enumerate(items, start=1):
-            _, lval, new_state, new_model = _step(loss, model, batch, state)
+            _, lval, new_state, new_model = _step(loss, model, batch, state, jitted)
             if not math.isfinite(lval):
                 err = DomainError(f"Loss is {lval} on data item {i}, stopping training")
                 err.state, err.model = state, model  # type: ignore[attr-defined]
