@@ -174,14 +174,20 @@ def _update(state, model, grad, pure):
             memo: dict[int, Leaf] = {}
             state = _copy_state(state, memo)
         newvals: dict[int, Any] = {}
-        for (_, x, _, leaves_, xs), (st, delta) in zip(work, results):
-            targets = [memo[i] if pure else l for i, l in leaves_.items()]
+        writeable: dict[type, bool] = {}  # NumPy arrays can be read-only: asked per array
+        for (leaf, x, _, leaves_, xs), (st, delta) in zip(work, results):
+            if not pure and len(leaves_) == 1:
+                targets = (leaf,)  # the common untied case, without the list building
+            else:
+                targets = [memo[i] if pure else l for i, l in leaves_.items()]
             for t in targets:
                 t.state = st
+            if delta is None:
+                continue  # written in place by a kernel, or nothing to do
             new = _new_value(x, delta)
             if new is None:
                 continue
-            if write_model and all(is_writeable(y) for y in xs.values()):
+            if write_model and all(_writeable(y, writeable) for y in xs.values()):
                 for y in xs.values():
                     put(y, new)
             else:
@@ -190,6 +196,18 @@ def _update(state, model, grad, pure):
         if newvals:
             model = _rebind(state, model, newvals, inplace=write_model)
     return state, model
+
+
+def _writeable(y, known):
+    """``is_writeable(y)``, remembered per type where that is a per-type fact (torch
+    tensors are, JAX arrays are not; NumPy arrays have a per-array flag)."""
+    t = type(y)
+    w = known.get(t)
+    if w is None:
+        w = is_writeable(y)
+        if t is not np.ndarray:
+            known[t] = w
+    return w
 
 
 def _new_value(x, delta):
@@ -249,7 +267,7 @@ def _collect(s, x, g, path, out):
     if g is None:
         return
     if isinstance(s, Leaf):
-        if not is_array(x) or isinstance(x, np.generic):
+        if not _is_array(x) or isinstance(x, np.generic):
             raise _err(path, f"the state has a Leaf but the model has {type(x).__name__}; "
                              "the model's structure changed since setup")
         if g is _DOT:
@@ -321,20 +339,39 @@ def _from_mapping(g, keys, path, svals):
     return [g.get(k) for k in keys]
 
 
+# array types already seen to pass `is_array` (a per-type fact for the supported
+# libraries); a hit skips array-api-compat's chain of isinstance checks per leaf
+_ARRAY_TYPES: set = set()
+
+
+def _is_array(x) -> bool:
+    t = type(x)
+    if t in _ARRAY_TYPES:
+        return True
+    if is_array(x):
+        if t is np.ndarray or t.__module__.split(".")[0] in ("torch", "jaxlib", "jax"):
+            _ARRAY_TYPES.add(t)
+        return True
+    return False
+
+
 def _check_grad(x, g, path):
-    if not is_array(g):
-        raise _err(path, f"expected a gradient array of shape {tuple(x.shape)}, got {type(g).__name__}")
-    if type(g).__module__.split(".")[0] != type(x).__module__.split(".")[0] and not _same_lib(x, g):
-        raise TypeError(f"at `{format_path(path)}`: the gradient is a {type(g).__module__}.{type(g).__name__} "
-                        f"but the parameter is a {type(x).__module__}.{type(x).__name__}; use one array library")
-    if tuple(g.shape) != tuple(x.shape):
+    tg, tx = type(g), type(x)
+    if not _is_array(g):
+        raise _err(path, f"expected a gradient array of shape {tuple(x.shape)}, got {tg.__name__}")
+    if tg is not tx and tg.__module__.split(".")[0] != tx.__module__.split(".")[0] and not _same_lib(x, g):
+        raise TypeError(f"at `{format_path(path)}`: the gradient is a {tg.__module__}.{tg.__name__} "
+                        f"but the parameter is a {tx.__module__}.{tx.__name__}; use one array library")
+    if g.shape != x.shape and tuple(g.shape) != tuple(x.shape):
         raise _err(path, f"the gradient has shape {tuple(g.shape)}, the parameter {tuple(x.shape)}")
-    xp = namespace(x)
     if g.dtype != x.dtype:
+        xp = namespace(x)
         if not xp.isdtype(g.dtype, ("real floating", "integral", "bool")):
             raise TypeError(f"at `{format_path(path)}`: the gradient's dtype {g.dtype} cannot be converted to "
                             f"the parameter's {x.dtype}")
         g = xp.astype(g, x.dtype)
+    if tx is np.ndarray and type(g) is np.ndarray:
+        return g  # NumPy arrays all live on the CPU
     dx, dg = _device(x), _device(g)
     if dx is not None and dg is not None and dx != dg:
         raise ValueError(f"at `{format_path(path)}`: the gradient is on {dg}, the parameter on {dx}")
