@@ -183,8 +183,8 @@ class _Prep:
             i = self._add(x, scalar=True)
             return (lambda vals, i=i: vals[i]), (lambda grads, i=i: _scalar_grad(grads[i])), True
         if _is_torch_module(x):
-            build = self._walk_params(module_tree(x, leaf=lambda p: p))
-            return (lambda vals, x=x: x), build, False
+            template = self._module_template(x)
+            return (lambda vals, x=x: x), (lambda grads: _fill(template, grads)), False
         if self._differentiable(x):
             i = self._add(x)
             return (lambda vals, i=i: vals[i]), (lambda grads, i=i: grads[i]), True
@@ -199,22 +199,38 @@ class _Prep:
             subst = lambda vals, x=x: x  # noqa: E731 - nothing to substitute inside
         return subst, (lambda grads: rebuild([p[1](grads) for p in parts])), any(p[2] for p in parts)
 
-    def _walk_params(self, tree: Any):
-        """A module's parameter tree. A parameter with ``requires_grad=False`` gets ``None``
+    def _module_template(self, m: Any) -> dict:
+        """The module's gradient tree (``module_tree``'s shape: own parameters, then
+        children, each once) with, at each parameter, its index among the differentiated
+        leaves, or ``None``. Walks ``_parameters`` / ``_modules`` directly, as
+        ``named_parameters(recurse=False)`` / ``named_children()`` do, because this runs
+        at every training step. A parameter with ``requires_grad=False`` gets ``None``
         (torch's way of freezing); a tied parameter gets its whole gradient at its first
         position and ``None`` at the others, so that summing per tie is still correct."""
-        node = _node(tree)
-        if node is None:
-            p = tree
-            if (p is None or not p.is_floating_point() or not p.requires_grad
-                    or id(p) in self._seen_params):
-                return lambda grads: None
-            self._seen_params.add(id(p))
-            i = self._add(p, param=True)
-            return lambda grads, i=i: grads[i]
-        _, children, rebuild = node
-        parts = [self._walk_params(c) for c in children]
-        return lambda grads: rebuild([b(grads) for b in parts])
+        t: dict = {}
+        own: set[int] = set()
+        for n, p in m._parameters.items():
+            if p is None or id(p) in own:
+                continue
+            own.add(id(p))
+            if not p.is_floating_point() or not p.requires_grad or id(p) in self._seen_params:
+                t[n] = None
+            else:
+                self._seen_params.add(id(p))
+                t[n] = self._add(p, param=True)
+        kids: set[int] = set()
+        for n, c in m._modules.items():
+            if c is None or id(c) in kids:
+                continue
+            kids.add(id(c))
+            t[n] = self._module_template(c)
+        return t
+
+
+def _fill(template: dict, grads: list) -> dict:
+    """A module's gradient tree from its template (see ``_Prep._module_template``)."""
+    return {k: (_fill(v, grads) if isinstance(v, dict) else None if v is None else grads[v])
+            for k, v in template.items()}
 
 
 def _scalar_grad(g: Any) -> Any:
@@ -278,7 +294,9 @@ def _torch_withgradient(f: Callable, args: tuple, scalars_only: bool) -> WithGra
             grads = list(torch.autograd.grad(y, vals, allow_unused=True))
         else:
             grads = [None] * len(vals)
-    val = tree_map(lambda v: v.detach() if _is_torch_tensor(v) else v, out)
+    # a bare loss tensor (the usual case) without the generic tree walk
+    val = out.detach() if _is_torch_tensor(out) else tree_map(
+        lambda v: v.detach() if _is_torch_tensor(v) else v, out)
     if scalars_only:
         val = tree_map(lambda v: v.item() if _is_torch_tensor(v) and v.ndim == 0 else v, val)
     return WithGradient(val, tuple(w[1](grads) for w in walked))
