@@ -67,7 +67,8 @@ def _view(t, write: bool):
     if (not isinstance(t, torch.Tensor) or t.device.type != "cpu" or not t.is_contiguous()
             or t.is_conj() or t.is_neg()):
         return None
-    return t.detach().numpy().reshape(-1)
+    a = (t.detach() if t.requires_grad else t).numpy()  # detach only where numpy() needs it
+    return a if a.ndim == 1 else a.reshape(-1)
 
 
 def _copy(t):
