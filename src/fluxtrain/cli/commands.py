@@ -26,11 +26,7 @@ def _load() -> None:
     # Imported for their registration side effect; each is a leaf module.
     import importlib
     for mod in ("losses_cmd", "fit"):
-        try:
-            importlib.import_module(f"{__package__}.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.{mod}":
-                raise
+        importlib.import_module(f"{__package__}.{mod}")
 
 
 _load()
