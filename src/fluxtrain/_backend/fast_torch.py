@@ -129,15 +129,11 @@ def _adam_fused(rules, states, xs, gs, inplace):
         return NotImplemented
     T = _caster_for(str(xs[0].dtype).replace("torch.", ""))
     f = _np_type(xs[0].dtype)
-    cache: dict[int, Any] = {}
+    pairs = fast_numpy.per_rule(rules, states, lambda rule: _adam_info(rule, T), lambda info: info[0])
+    if pairs is None:
+        return NotImplemented
     infos, inners = [], []
-    for rule, st in zip(rules, states):
-        info = cache.get(id(rule), False)
-        if info is False:
-            info = cache[id(rule)] = _adam_info(rule, T)
-        if info is None:
-            return NotImplemented
-        inner = st if info[0] else (st[-1] if isinstance(st, tuple) and st else None)
+    for info, inner in pairs:
         if not (isinstance(inner, tuple) and len(inner) == 3 and isinstance(inner[2], tuple) and len(inner[2]) == 2):
             return NotImplemented
         infos.append(info)
