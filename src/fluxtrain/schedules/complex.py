@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence as _Seq, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from ._base import (Schedule, ScheduleBoundsError, _check_t, _count, _is_traced, _math,
                     _real, as_schedule)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Union
 
 from ._base import Schedule, ScheduleBoundsError, _count, _is_traced, _real
 
