@@ -92,8 +92,8 @@ class _JaxStep:
         self._pending: list | None = None
 
     def _plan(self, model: Any):
-        """``(fn, treedef, kinds)`` for this model, or ``None`` when it cannot be compiled:
-        every leaf must be a JAX array or a plain constant (a Python float would be
+        """``(entry, treedef, kinds, leaves)`` for this model, or ``None`` when it cannot be
+        compiled: every leaf must be a JAX array or a plain constant (a Python float would be
         differentiated by the eager path, a NumPy array or a container jax does not know
         would be baked in as a constant)."""
         import jax
@@ -114,7 +114,7 @@ class _JaxStep:
         key = (id(self.loss), treedef, kinds) + tuple(id(x) for x in statics)
         hit = _JIT_CACHE.get(key)
         if hit is not None and hit[0] is self.loss and all(a is b for a, b in zip(hit[1], statics)):
-            return hit, treedef, kinds
+            return hit, treedef, kinds, leaves
         loss, statics_t = self.loss, tuple(statics)
 
         def step(diff, consts, args):
@@ -133,7 +133,7 @@ class _JaxStep:
         # returns only JAX arrays (a string or Python number in the output would come back
         # changed from a compiled function)
         entry = _JIT_CACHE[key] = [loss, statics_t, fn, False]
-        return entry, treedef, kinds
+        return entry, treedef, kinds, leaves
 
     def __call__(self, model: Any, args: tuple):
         if self.disabled:
@@ -146,12 +146,11 @@ class _JaxStep:
         plan = self._plan(model)
         if plan is None:
             return None
-        entry, treedef, kinds = plan
+        entry, treedef, kinds, leaves = plan
         if not entry[3]:
             self._pending = entry  # run this step eagerly; `observe` checks its output
             return None
         fn = entry[2]
-        leaves = jax.tree_util.tree_leaves(model)
         diff = [x for x, k in zip(leaves, kinds) if k == "d"]
         consts = [x for x, k in zip(leaves, kinds) if k == "c"]
         try:
