@@ -72,6 +72,14 @@ def build_model(backend: str, seed: int = 0):
     return params, forward, jnp.asarray
 
 
+def problem(backend: str):
+    """The model and the blobs as backend arrays: ``(model, forward, X, Y onehot, labels)``."""
+    X, labels = make_data()
+    model, forward, to_backend = build_model(backend)
+    Y = np.asarray(ft.onehotbatch(labels, range(1, 4)), dtype=np.float32)
+    return model, forward, to_backend(X), to_backend(Y), labels
+
+
 def plain(x):
     """A backend array as NumPy, outside any autograd graph."""
     return np.asarray(x.detach() if hasattr(x, "detach") else x)
@@ -84,10 +92,7 @@ def accuracy(forward, model, X, labels) -> float:
 
 def part2_train(backend: str, epochs: int = 10) -> float:
     print(f"== Part 2: train with a schedule ({backend}) ==")
-    X, labels = make_data()
-    model, forward, to_backend = build_model(backend)
-    Xb = to_backend(X)
-    Y = to_backend(np.asarray(ft.onehotbatch(labels, range(1, 4)), dtype=np.float32))
+    model, forward, Xb, Y, labels = problem(backend)
 
     def loss(m, x, y):
         return ft.logitcrossentropy(forward(m, x), y)
@@ -110,10 +115,7 @@ def part2_train(backend: str, epochs: int = 10) -> float:
 
 def part3_by_hand(backend: str, steps: int = 50) -> float:
     print(f"== Part 3: the same loop by hand ({backend}) ==")
-    X, labels = make_data()
-    model, forward, to_backend = build_model(backend)
-    Xb = to_backend(X)
-    Y = to_backend(np.asarray(ft.onehotbatch(labels, range(1, 4)), dtype=np.float32))
+    model, forward, Xb, Y, labels = problem(backend)
     state = ft.setup(ft.Adam(0.03), model)
     for step in range(1, steps + 1):
         val, (grad,) = ft.withgradient(lambda m: ft.logitcrossentropy(forward(m, Xb), Y), model)
