@@ -48,22 +48,19 @@ def check_agg(agg: Any) -> None:
 
 def aggregate(x: Any, agg: Agg, xp) -> Any:
     """``agg(x)``: "mean" (Statistics.mean; NaN for an empty array, like Julia), "sum",
-    "none" (Flux's ``identity``) or any callable, which receives the unreduced array."""
-    check_agg(agg)
-    return as_result(_aggregate(x, agg, xp))
+    "none" (Flux's ``identity``) or any callable, which receives the unreduced array.
 
-
-def _aggregate(x: Any, agg: Agg, xp) -> Any:
+    ``agg`` must already have passed :func:`check_agg` (every loss checks it first)."""
     if agg == "mean":
         if math.prod(x.shape) == 0:
             # Julia's mean of an empty array is 0/0 = NaN; avoid NumPy's warning.
-            return xp.sum(x) * math.nan
-        return xp.mean(x)
+            return as_result(xp.sum(x) * math.nan)
+        return as_result(xp.mean(x))
     if agg == "sum":
-        return xp.sum(x)
+        return as_result(xp.sum(x))
     if agg == "none":
-        return x
-    return agg(x)
+        return as_result(x)
+    return as_result(agg(x))
 
 
 def _check_arg(x: Any, name: str) -> None:
