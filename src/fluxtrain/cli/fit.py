@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from .._backend import to_numpy
 from .._io import atomic_write
 from .commands import UserError, command
 from .fit_data import BUILTIN, load_dataset, split_dataset
@@ -236,7 +237,7 @@ def _run(a: argparse.Namespace) -> int:
         with model.no_grad():
             out = fwd(m, X)
             lval = float(loss(m, X, Y))
-        o = np.asarray(out.detach().numpy() if hasattr(out, "detach") else out, dtype=np.float64)
+        o = to_numpy(out).astype(np.float64)
         if ds.task == "multiclass":
             return lval, float(np.mean(np.argmax(o, axis=1) == y_true))
         if ds.task == "binary":

@@ -41,7 +41,8 @@ def require_backend(name: str) -> None:
 class Model:
     """A backend-specific MLP: ``params`` is what the optimiser trains (a torch module or a
     dict of JAX arrays), ``forward(params, x)`` the prediction (logits / raw output),
-    ``asarray`` turns NumPy data into the backend's arrays, ``to_numpy`` the reverse."""
+    ``asarray`` turns NumPy data into the backend's arrays, ``no_grad()`` a context without
+    autograd for evaluation."""
 
     def __init__(self, backend: str, params: Any, forward: Callable[[Any, Any], Any],
                  asarray: Callable[[np.ndarray], Any], no_grad: Callable[[], Any]):
