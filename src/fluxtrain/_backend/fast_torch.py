@@ -226,17 +226,26 @@ def _adam_fused(rules, states, xs, gs, inplace):
 
 # ------------------------------------------------------------------------- exact foreach
 
-def _momentum_foreach(rules, states, xs, gs, inplace):
-    from ..optimise import Momentum
+def _uniform(cls, rules, states, xs, gs):
+    """``(rule, caster)`` when every array has one bare ``cls`` rule with equal hyper-parameters
+    and a single-tensor state laid out like ``x`` (what the foreach paths need), else None."""
     from ..optimise.base import _caster_for
-    if not all(type(r) is Momentum for r in rules) or not _supported(xs):
-        return NotImplemented
+    if not all(type(r) is cls for r in rules) or not _supported(xs):
+        return None
     if not (_same_tensors(xs, states) and _same_tensors(xs, gs)):
-        return NotImplemented
-    T = _caster_for(str(xs[0].dtype).replace("torch.", ""))
+        return None
     r0 = rules[0]
     if not all(r == r0 for r in rules):
+        return None
+    return r0, _caster_for(str(xs[0].dtype).replace("torch.", ""))
+
+
+def _momentum_foreach(rules, states, xs, gs, inplace):
+    from ..optimise import Momentum
+    u = _uniform(Momentum, rules, states, xs, gs)
+    if u is None:
         return NotImplemented
+    r0, T = u
     rho, eta = T(r0.rho), T(r0.eta)
     vs = list(states) if inplace else [_copy(v) for v in states]
     # v <- rho*v + eta*g exactly as the generic rule (no alpha=: that would be an FMA)
@@ -250,15 +259,10 @@ def _momentum_foreach(rules, states, xs, gs, inplace):
 
 def _lion_foreach(rules, states, xs, gs, inplace):
     from ..optimise import Lion
-    from ..optimise.base import _caster_for
-    if not all(type(r) is Lion for r in rules) or not _supported(xs):
+    u = _uniform(Lion, rules, states, xs, gs)
+    if u is None:
         return NotImplemented
-    if not (_same_tensors(xs, states) and _same_tensors(xs, gs)):
-        return NotImplemented
-    r0 = rules[0]
-    if not all(r == r0 for r in rules):
-        return NotImplemented
-    T = _caster_for(str(xs[0].dtype).replace("torch.", ""))
+    r0, T = u
     b1, b2 = T(r0.beta[0]), T(r0.beta[1])
     ss = list(states) if inplace else [_copy(s) for s in states]
     # s <- b2*g + (1-b2)*s; d = eta*sign((b2-b1)*g + b1*s), operation by operation
