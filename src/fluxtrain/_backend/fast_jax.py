@@ -19,9 +19,6 @@ hyper-parameter), or when a ``ClipNorm(throw=True)`` in the group sees a non-fin
 """
 from __future__ import annotations
 
-from functools import partial
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
