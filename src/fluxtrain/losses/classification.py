@@ -71,6 +71,11 @@ def crossentropy(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean", ep
     check_agg(agg)
     axis = _axis(axis)
     xp, yhat, y, _ = prepare(yhat, y)
+    return _crossentropy(yhat, y, axis, agg, eps, xp)
+
+
+def _crossentropy(yhat: Any, y: Any, axis: Any, agg: Agg, eps: Any, xp) -> Any:
+    """crossentropy on arguments already checked and prepared (kldivergence reuses it)."""
     eps = default_eps(eps, yhat, xp)
     terms = _xlogy(y, yhat + eps, xp, "crossentropy: ŷ + eps")
     return aggregate(-xp.sum(terms, axis=axis, keepdims=True), agg, xp)
@@ -172,7 +177,7 @@ def kldivergence(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean", ep
     xp, yhat_, y_, _ = prepare(yhat, y)
     yf = to_float(y_, xp)
     entropy = aggregate(xp.sum(_xlogy(yf, yf, xp, "kldivergence: y"), axis=axis, keepdims=True), agg, xp)
-    return as_result(entropy + crossentropy(yhat_, y_, axis=axis, agg=agg, eps=eps))
+    return as_result(entropy + _crossentropy(yhat_, y_, axis, agg, eps, xp))
 
 
 @quiet
