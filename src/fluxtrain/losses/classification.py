@@ -16,7 +16,7 @@ from .._backend import asarrays, check_domain, device_of, fast, is_array, is_eag
 from .._backend.math import _logsoftmax, _xlogy, as_result, logsigmoid, to_float
 from .._errors import ArgumentError
 from .._backend.math import quiet
-from .utils import Agg, aggregate, check_agg, default_eps, float_param, prepare
+from .utils import NEG_LOG as _NEG_LOG, Agg, aggregate, check_agg, default_eps, float_param, prepare
 
 __all__ = [
     "crossentropy", "logitcrossentropy", "binarycrossentropy", "logitbinarycrossentropy",
@@ -24,7 +24,6 @@ __all__ = [
 ]
 
 Axis = Union[int, tuple[int, ...]]
-_NEG_LOG = "log was called with a negative real argument"
 
 
 def _axis(axis: Any) -> Any:

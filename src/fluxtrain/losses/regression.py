@@ -7,11 +7,10 @@ from typing import Any
 from .._backend import check_domain
 from .._backend.math import _xlogy
 from .._backend.math import quiet
-from .utils import Agg, aggregate, check_agg, default_eps, float_param, prepare
+from .utils import NEG_LOG as _NEG_LOG, Agg, aggregate, check_agg, default_eps, float_param, prepare
 
 __all__ = ["mae", "mse", "msle", "huber_loss", "poisson_loss"]
 
-_NEG_LOG = "log was called with a negative real argument"
 
 
 @quiet

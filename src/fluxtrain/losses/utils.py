@@ -17,6 +17,9 @@ Agg = Union[str, Callable[[Any], Any]]
 
 _AGGS = ("mean", "sum", "none")
 
+# The substance of Julia's DomainError for log of a negative real (shared by the losses).
+NEG_LOG = "log was called with a negative real argument"
+
 
 def check_sizes(yhat: Any, y: Any) -> None:
     """Flux's ``_check_sizes`` in batch-first layout.
