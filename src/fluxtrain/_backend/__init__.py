@@ -118,9 +118,7 @@ def float_dtype(x: Any, xp) -> Any:
         if xp.isdtype(dt, ("real floating", "complex floating")):
             return dt
         return xp.float64
-    if isinstance(x, float):
-        return xp.float64
-    return xp.float64
+    return xp.float64  # Python numbers: Julia's Float64
 
 
 def eps_for(dtype, xp) -> float:
