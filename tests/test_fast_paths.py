@@ -120,11 +120,14 @@ def test_kernel_is_really_used(eager_backend, name):
 
 @pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
 @pytest.mark.parametrize("name", ["Adam", "AdamW-decoupled", "Momentum", "Lion", "Chain-Clip-WD-Adam"])
-def test_numba_parallel_kernels(monkeypatch, name):
-    """The multi-threaded kernels (used for large arrays) equal the generic path too."""
+@pytest.mark.parametrize("chunk", [1 << 16, 7], ids=["chunk64k", "chunk7"])
+def test_numba_parallel_kernels(monkeypatch, name, chunk):
+    """The multi-threaded kernels (used for large groups) equal the generic path too, also
+    when arrays are cut into many pieces (chunk 7: pieces end mid-array, sizes not multiples)."""
     from fluxtrain._backend import fast_numpy
     from tests.util import Backend
     monkeypatch.setattr(fast_numpy, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(fast_numpy, "CHUNK", chunk)
     b = Backend("numpy")
     for dtype in ("float32", "float64"):
         s1, m1 = _trajectory(b, RULES[name](), dtype, pure=False)
@@ -264,6 +267,34 @@ def test_numpy_noncontiguous_and_readonly_fall_back():
     assert model["x"] is x  # still written in place
     np.testing.assert_array_equal(x, ref["x"])
     np.testing.assert_array_equal(y, ref["y"])
+
+
+@pytest.mark.parametrize("numba", [True, False], ids=["numba", "foreach"])
+def test_torch_strided_views_and_gradients_are_handled(monkeypatch, numba):
+    """The numba route works on raw memory and the foreach route refuses some layouts: a
+    non-contiguous parameter, state or gradient, or a tensor with torch's lazy negation bit,
+    must give the generic path's numbers on both."""
+    torch = pytest.importorskip("torch")
+    from fluxtrain._backend import fast_numpy
+    if not numba:
+        monkeypatch.setattr(fast_numpy, "_KERNELS", False)
+    elif not HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    base = torch.arange(24.0).reshape(4, 6)
+    model = {"t": base.t(), "c": torch.arange(5.0)}            # "t" is a strided view
+    ref = {k: v.clone() for k, v in model.items()}
+    grads = [{"t": torch.ones(4, 6).t() * (i + 1), "c": torch.linspace(-1, 1, 10)[::2]}  # strided grads
+             for i in range(3)]
+    for rule in (ft.Momentum(0.1), ft.Lion(0.1)):
+        s1, s2 = ft.setup(rule, model), ft.setup(rule, ref)
+        s1["c"].state = torch._neg_view(-s1["c"].state)          # same values, negation bit set
+        for g in grads:
+            ft.update_(s1, model, g)
+            with fast.disabled():
+                ft.update_(s2, ref, g)
+        for k in model:
+            torch.testing.assert_close(model[k], ref[k], rtol=0, atol=0)
+            torch.testing.assert_close(s1[k].state.resolve_neg(), s2[k].state, rtol=0, atol=0)
 
 
 def test_float16_uses_generic(eager_backend):

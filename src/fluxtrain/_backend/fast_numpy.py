@@ -13,7 +13,7 @@ reference path bit for bit; ``tests/test_fast_paths.py`` checks this.
 
 numba is optional (the ``fast`` extra). It is imported the first time a kernel runs; when
 it is missing every kernel returns ``NotImplemented`` and the generic path is used. The
-kernels also serve CPU torch tensors (through zero-copy NumPy views), see ``fast_torch``.
+kernels also serve CPU torch tensors (by address, no copy), see ``fast_torch``.
 
 Accelerated rules: ``Adam``, ``AdamW``, ``Momentum``, ``Lion`` and ``OptimiserChain`` whose
 rules are ``[ClipNorm(p=2)] [WeightDecay] R`` with ``R`` one of those four.
@@ -21,7 +21,7 @@ rules are ``[ClipNorm(p=2)] [WeightDecay] R`` with ``R`` one of those four.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -41,17 +41,46 @@ def kernels() -> dict[str, Callable] | None:
     return _KERNELS or None
 
 
-PARALLEL_MIN = 1 << 12
-"""Arrays with at least this many elements use the multi-threaded kernel, smaller ones a
-single-threaded one (for tiny arrays a parallel region costs more than it saves). Measured
-on 2 cores: the parallel kernel wins from a few thousand elements up (the serial loop is
-not vectorised by LLVM here)."""
+PARALLEL_MIN = 1 << 17
+"""A group with at least this many elements in all runs multi-threaded, a smaller one on
+one thread (for a few small arrays a parallel region costs more than it saves)."""
+
+CHUNK = 1 << 16
+"""Work unit of the multi-array kernels: each array is cut into pieces of at most this many
+elements and the threads share out the pieces, so one call serves one huge array and a
+thousand small ones alike (one parallel region per group, not one per array)."""
 
 
 def _build() -> dict[str, Callable]:
     import numba
+    from numba import types
+    from numba.extending import intrinsic
 
     inline = numba.njit(inline="always")
+
+    @intrinsic
+    def as_ptr(typingctx, addr, like):
+        # an integer address as a pointer to `like`'s float type (for numba.carray)
+        if not isinstance(addr, types.Integer) or not isinstance(like, types.Float):
+            return None
+        sig = types.CPointer(like)(addr, like)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+        return sig, codegen
+
+    # addresses for the Python side: one call per array's set (a call per array costs more)
+    @numba.njit(cache=True)
+    def addr3(a, b, c):
+        return a.ctypes.data, b.ctypes.data, c.ctypes.data
+
+    @numba.njit(cache=True)
+    def addr4(a, b, c, d):
+        return a.ctypes.data, b.ctypes.data, c.ctypes.data, d.ctypes.data
+
+    @inline
+    def arr(P, N, j, b, z):
+        return numba.carray(as_ptr(P[j, b], z), N[j])
 
     @inline
     def pre(gi, xi, clip, has_clip, wd, has_wd):
@@ -62,87 +91,105 @@ def _build() -> dict[str, Callable]:
             gi = gi + wd * xi
         return gi
 
+    # Each `*_chunk` updates elements lo:hi of one array; scalars come per array from a
+    # small table of distinct rows U (floats, in the arrays' dtype) and I (flags).
     @inline
-    def adam_el(i, x, g, m, v, clip, has_clip, wd, has_wd, b1, omb1, b2, omb2, bc1, bc2, eps, eta, lam, mode):
-        xi = x[i]
-        gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
-        mi = b1 * m[i] + omb1 * gi
-        vi = b2 * v[i] + omb2 * (gi * gi)
-        m[i] = mi
-        v[i] = vi
-        a = mi / bc1 / (math.sqrt(vi / bc2) + eps)
-        if mode == 0:    # Adam: a * eta
-            d = a * eta
-        elif mode == 1:  # AdamW(couple=true): eta * (a + lambda*x)
-            d = eta * (a + lam * xi)
-        else:            # AdamW(couple=false): eta*a + lambda*x
-            d = eta * a + lam * xi
-        x[i] = xi - d
+    def adam_chunk(c, P, N, CH, R, U, I, C):
+        j, lo, hi = CH[c, 0], CH[c, 1], CH[c, 2]
+        r, z = R[j], U[0, 0]
+        x, g, m, v = arr(P, N, j, 0, z), arr(P, N, j, 1, z), arr(P, N, j, 2, z), arr(P, N, j, 3, z)
+        b1, omb1, b2, omb2, bc1, bc2 = U[r, 0], U[r, 1], U[r, 2], U[r, 3], U[r, 4], U[r, 5]
+        eps, eta, lam, wd, clip = U[r, 6], U[r, 7], U[r, 8], U[r, 9], C[j]
+        has_clip, has_wd, mode = I[r, 0] != 0, I[r, 1] != 0, I[r, 2]
+        for i in range(lo, hi):
+            xi = x[i]
+            gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
+            mi = b1 * m[i] + omb1 * gi
+            vi = b2 * v[i] + omb2 * (gi * gi)
+            m[i] = mi
+            v[i] = vi
+            a = mi / bc1 / (math.sqrt(vi / bc2) + eps)
+            if mode == 0:    # Adam: a * eta
+                d = a * eta
+            elif mode == 1:  # AdamW(couple=true): eta * (a + lambda*x)
+                d = eta * (a + lam * xi)
+            else:            # AdamW(couple=false): eta*a + lambda*x
+                d = eta * a + lam * xi
+            x[i] = xi - d
 
     @inline
-    def momentum_el(i, x, g, v, clip, has_clip, wd, has_wd, rho, eta):
-        xi = x[i]
-        gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
-        vi = rho * v[i] + eta * gi
-        v[i] = vi
-        x[i] = xi - vi
+    def momentum_chunk(c, P, N, CH, R, U, I, C):
+        j, lo, hi = CH[c, 0], CH[c, 1], CH[c, 2]
+        r, z = R[j], U[0, 0]
+        x, g, v = arr(P, N, j, 0, z), arr(P, N, j, 1, z), arr(P, N, j, 2, z)
+        rho, eta, wd, clip = U[r, 0], U[r, 1], U[r, 2], C[j]
+        has_clip, has_wd = I[r, 0] != 0, I[r, 1] != 0
+        for i in range(lo, hi):
+            xi = x[i]
+            gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
+            vi = rho * v[i] + eta * gi
+            v[i] = vi
+            x[i] = xi - vi
 
     @inline
-    def lion_el(i, x, g, s, clip, has_clip, wd, has_wd, b1, b2, omb2, b2mb1, eta):
-        xi = x[i]
-        gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
-        si = b2 * gi + omb2 * s[i]
-        s[i] = si
-        c = b2mb1 * gi + b1 * si
-        # eta*sign(c); 0, -0 and NaN are their own sign (np.sign, torch.sign, jnp.sign)
-        if c > 0:
-            d = eta
-        elif c < 0:
-            d = -eta
-        else:
-            d = eta * c
-        x[i] = xi - d
+    def lion_chunk(c, P, N, CH, R, U, I, C):
+        j, lo, hi = CH[c, 0], CH[c, 1], CH[c, 2]
+        r, z = R[j], U[0, 0]
+        x, g, s = arr(P, N, j, 0, z), arr(P, N, j, 1, z), arr(P, N, j, 2, z)
+        b1, b2, omb2, b2mb1, eta, wd, clip = U[r, 0], U[r, 1], U[r, 2], U[r, 3], U[r, 4], U[r, 5], C[j]
+        has_clip, has_wd = I[r, 0] != 0, I[r, 1] != 0
+        for i in range(lo, hi):
+            xi = x[i]
+            gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
+            si = b2 * gi + omb2 * s[i]
+            s[i] = si
+            c_ = b2mb1 * gi + b1 * si
+            # eta*sign(c); 0, -0 and NaN are their own sign (np.sign, torch.sign, jnp.sign)
+            if c_ > 0:
+                d = eta
+            elif c_ < 0:
+                d = -eta
+            else:
+                d = eta * c_
+            x[i] = xi - d
 
     par = numba.njit(parallel=True, fastmath=False, cache=True, nogil=True)
     ser = numba.njit(fastmath=False, cache=True, nogil=True)
 
-    @par
-    def adam_p(x, g, m, v, clip, has_clip, wd, has_wd, b1, omb1, b2, omb2, bc1, bc2, eps, eta, lam, mode):
-        for i in numba.prange(x.size):
-            adam_el(i, x, g, m, v, clip, has_clip, wd, has_wd, b1, omb1, b2, omb2, bc1, bc2, eps, eta, lam, mode)
-
+    # one serial and one parallel driver per rule, spelled out: numba's on-disk cache keys
+    # functions by name and line, so closures made by a factory would collide there
     @ser
-    def adam_s(x, g, m, v, clip, has_clip, wd, has_wd, b1, omb1, b2, omb2, bc1, bc2, eps, eta, lam, mode):
-        n, i = numba.uint64(x.size), numba.uint64(0)
-        while i < n:
-            adam_el(i, x, g, m, v, clip, has_clip, wd, has_wd, b1, omb1, b2, omb2, bc1, bc2, eps, eta, lam, mode)
-            i += numba.uint64(1)
+    def adam_s(P, N, CH, R, U, I, C):
+        for c in range(CH.shape[0]):
+            adam_chunk(c, P, N, CH, R, U, I, C)
 
     @par
-    def momentum_p(x, g, v, clip, has_clip, wd, has_wd, rho, eta):
-        for i in numba.prange(x.size):
-            momentum_el(i, x, g, v, clip, has_clip, wd, has_wd, rho, eta)
+    def adam_p(P, N, CH, R, U, I, C):
+        for c in numba.prange(CH.shape[0]):
+            adam_chunk(c, P, N, CH, R, U, I, C)
 
     @ser
-    def momentum_s(x, g, v, clip, has_clip, wd, has_wd, rho, eta):
-        n, i = numba.uint64(x.size), numba.uint64(0)
-        while i < n:
-            momentum_el(i, x, g, v, clip, has_clip, wd, has_wd, rho, eta)
-            i += numba.uint64(1)
+    def momentum_s(P, N, CH, R, U, I, C):
+        for c in range(CH.shape[0]):
+            momentum_chunk(c, P, N, CH, R, U, I, C)
 
     @par
-    def lion_p(x, g, s, clip, has_clip, wd, has_wd, b1, b2, omb2, b2mb1, eta):
-        for i in numba.prange(x.size):
-            lion_el(i, x, g, s, clip, has_clip, wd, has_wd, b1, b2, omb2, b2mb1, eta)
+    def momentum_p(P, N, CH, R, U, I, C):
+        for c in numba.prange(CH.shape[0]):
+            momentum_chunk(c, P, N, CH, R, U, I, C)
 
     @ser
-    def lion_s(x, g, s, clip, has_clip, wd, has_wd, b1, b2, omb2, b2mb1, eta):
-        n, i = numba.uint64(x.size), numba.uint64(0)
-        while i < n:
-            lion_el(i, x, g, s, clip, has_clip, wd, has_wd, b1, b2, omb2, b2mb1, eta)
-            i += numba.uint64(1)
+    def lion_s(P, N, CH, R, U, I, C):
+        for c in range(CH.shape[0]):
+            lion_chunk(c, P, N, CH, R, U, I, C)
 
-    return {"adam": (adam_s, adam_p), "momentum": (momentum_s, momentum_p), "lion": (lion_s, lion_p)}
+    @par
+    def lion_p(P, N, CH, R, U, I, C):
+        for c in numba.prange(CH.shape[0]):
+            lion_chunk(c, P, N, CH, R, U, I, C)
+
+    return {"adam": (adam_s, adam_p), "momentum": (momentum_s, momentum_p), "lion": (lion_s, lion_p),
+            "addr3": addr3, "addr4": addr4}
 
 
 # ------------------------------------------------------------------------- rule analysis
@@ -251,72 +298,133 @@ def clip_scale(clip, x, g, xp):
 
 # ------------------------------------------------------------------------- the kernel
 
-def run_numba(recipes, states, xs, gs, ks, xp, view: Callable, copy: Callable, inplace: bool):
-    """Shared by NumPy and CPU torch: validate everything, then run the kernels.
+class Memory(NamedTuple):
+    """How the kernels reach an array library's memory.
 
-    ``view(a, write)`` gives a 1-D NumPy view of array ``a`` sharing its memory (None when
-    that is impossible, e.g. not contiguous or, with ``write``, read-only); ``copy(a)`` a
-    fresh contiguous copy. With ``inplace`` the parameters and state arrays are written in
-    place; otherwise copies are updated and nothing passed in is modified.
+    ``dense(a)``: is ``a`` a C-contiguous CPU array of the library the kernels can read;
+    ``addrs(arrs, g)``: the addresses ``[arrs[0], g, *arrs[1:]]`` (parameter, gradient,
+    state arrays) when every one of ``arrs`` is dense and writeable (``g`` is dense), else
+    None; ``size(a)``: its number of elements; ``copy(a)``: a fresh contiguous copy."""
+    dense: Callable[[Any], bool]
+    addrs: Callable[[list, Any], "list | tuple | None"]
+    size: Callable[[Any], int]
+    copy: Callable[[Any], Any]
+
+
+_NSTATE = {"adam": 2, "momentum": 1, "lion": 1}
+
+
+def _chunks(sizes: np.ndarray) -> np.ndarray:
+    """``(j, lo, hi)`` rows cutting array ``j`` into pieces of at most ``CHUNK`` elements."""
+    per = (sizes + (CHUNK - 1)) // CHUNK
+    j = np.repeat(np.arange(len(sizes), dtype=np.int64), per)
+    lo = (np.arange(len(j), dtype=np.int64) - np.repeat(np.cumsum(per) - per, per)) * CHUNK
+    return np.stack([j, lo, np.minimum(lo + CHUNK, sizes[j])], axis=1)
+
+
+def run_numba(recipes, states, xs, gs, ks, xp, mem: Memory, inplace: bool):
+    """Shared by NumPy and CPU torch: validate everything, then one kernel call per kind of
+    rule in the group (not one per array: the per-call cost is what limits many small arrays).
+
+    The kernels get the arrays' addresses (``mem.addr``), their sizes, and per array an index
+    into a table of distinct scalar rows. With ``inplace`` the parameters and state arrays
+    are written in place; otherwise copies are updated and nothing passed in is modified.
     """
     from ..optimise.base import Replace
-    # phase 1: everything that can fail (norm checks, views), before any write
-    work = []
-    for (kind, sc, inner, clip, wd, has_wd), st, x, g in zip(recipes, states, xs, gs):
+    f = recipes[0][1]["f"]
+    dense, addrs, size, copy = mem
+    kinds: dict[str, list] = {}
+    out: list = [None] * len(xs)
+    bt_val: dict[int, float] = {}
+    new_bt: dict[tuple, Any] = {}
+    # phase 1: everything that can fail (norm checks, addresses), before any write
+    for j, ((kind, sc, inner, clip, wd, has_wd), st, x, g) in enumerate(zip(recipes, states, xs, gs)):
         arrs = [x, inner[0], inner[1]] if kind == "adam" else [x, inner]
         shape, dtype = x.shape, x.dtype
         for a in arrs[1:]:
             if getattr(a, "shape", None) != shape or a.dtype != dtype:
                 return NotImplemented
-        scale = clip_scale(clip, x, g, xp) if clip is not None else None
+        scale = f(1)
+        if clip is not None:
+            scale = f(float(clip_scale(clip, x, g, xp)))
         if not inplace:
             arrs = [copy(a) for a in arrs]
-        vs = [view(a, True) for a in arrs]
-        gv = view(g, False)
-        if gv is None:
-            gv = view(copy(g), False)
-        if gv is None or any(v is None for v in vs):
+        if not dense(g):
+            g = copy(g)
+        ptrs = addrs(arrs, g)
+        if ptrs is None:
             return NotImplemented
-        work.append((kind, sc, inner, wd, has_wd, st, arrs, vs, gv, scale))
-    # phase 2: compute (nothing can fail any more)
-    out = []
-    memo: dict[tuple, Any] = {}
-    for kind, sc, inner, wd, has_wd, st, arrs, vs, gv, scale in work:
-        k = ks[kind][gv.size >= PARALLEL_MIN]
-        f = sc["f"]
-        has_clip = scale is not None
-        cl = f(float(scale)) if has_clip else f(1)
+        has_clip = clip is not None
         if kind == "adam":
             bt = inner[2]
-            p1, p2 = float(bt[0]), float(bt[1])
-            k(vs[0], gv, vs[1], vs[2], cl, has_clip, wd, has_wd, *sc["pre"], f(1) - f(p1), f(1) - f(p2),
-              *sc["post"])
+            p1, p2 = bt_val.get(id(bt[0])), bt_val.get(id(bt[1]))
+            if p1 is None:
+                p1 = bt_val[id(bt[0])] = float(bt[0])
+            if p2 is None:
+                p2 = bt_val[id(bt[1])] = float(bt[1])
+            key = (id(sc), has_clip, p1, p2)
             # the running products advance exactly as in the generic rule (bt * T(beta));
-            # arrays with equal values share the result (scalars, never mutated)
+            # arrays with equal values share the result (never mutated in place)
             k1, k2 = (p1, sc["pyb1"], type(bt[0])), (p2, sc["pyb2"], type(bt[1]))
-            n1 = memo.get(k1)
+            n1 = new_bt.get(k1)
             if n1 is None:
-                n1 = memo[k1] = bt[0] * sc["pyb1"]
-            n2 = memo.get(k2)
+                n1 = new_bt[k1] = bt[0] * sc["pyb1"]
+            n2 = new_bt.get(k2)
             if n2 is None:
-                n2 = memo[k2] = bt[1] * sc["pyb2"]
+                n2 = new_bt[k2] = bt[1] * sc["pyb2"]
             new_inner = (arrs[1], arrs[2], (n1, n2))
         else:
-            k(vs[0], gv, vs[1], cl, has_clip, wd, has_wd, *sc["post"])
+            key = (id(sc), has_clip)
             new_inner = arrs[1]
-        new_state = new_inner if st is inner else tuple(st[:-1]) + (new_inner,)
-        out.append((new_state, Replace(arrs[0])))
+        kinds.setdefault(kind, []).append((j, ptrs, size(x), scale, key, sc, has_clip, wd, has_wd))
+        out[j] = (new_inner if st is inner else tuple(st[:-1]) + (new_inner,), Replace(arrs[0]))
+    # phase 2: compute (nothing can fail any more)
+    for kind, items in kinds.items():
+        rows: dict[tuple, int] = {}
+        U, I = [], []
+        R = np.empty(len(items), np.int64)
+        for n, (_, _, _, _, key, sc, has_clip, wd, has_wd) in enumerate(items):
+            r = rows.get(key)
+            if r is None:
+                r = rows[key] = len(U)
+                if kind == "adam":
+                    b1, omb1, b2, omb2 = sc["pre"]
+                    eps, eta, lam, mode = sc["post"]
+                    U.append((b1, omb1, b2, omb2, f(1) - f(key[2]), f(1) - f(key[3]), eps, eta, lam, wd))
+                else:
+                    mode = 0
+                    U.append(sc["post"] + (wd,))
+                I.append((has_clip, has_wd, mode))
+            R[n] = r
+        P = np.array([it[1] for it in items], dtype=np.uint64).view(np.int64)
+        N = np.array([it[2] for it in items], dtype=np.int64)
+        C = np.array([it[3] for it in items], dtype=f)
+        k = ks[kind][int(N.sum()) >= PARALLEL_MIN]
+        k(P, N, _chunks(N), R, np.array(U, dtype=f), np.array(I, dtype=np.int64), C)
     return out
 
 
-def _view(a, write: bool):
-    if not isinstance(a, np.ndarray) or not a.flags.c_contiguous or (write and not a.flags.writeable):
-        return None
-    return a.reshape(-1)
+def _np_dense(a) -> bool:
+    return type(a) is np.ndarray and a.flags.c_contiguous
+
+
+def _np_addrs(arrs: list, g):
+    for a in arrs:
+        if type(a) is not np.ndarray:
+            return None
+        fl = a.flags
+        if not (fl.c_contiguous and fl.writeable):
+            return None
+    if len(arrs) == 3:
+        return _KERNELS["addr4"](arrs[0], g, arrs[1], arrs[2])
+    return _KERNELS["addr3"](arrs[0], g, arrs[1])
 
 
 def _copy(a):
     return np.array(a, copy=True, order="C")
+
+
+NUMPY_MEMORY = Memory(_np_dense, _np_addrs, lambda a: a.size, _copy)
 
 
 def _update_numpy(rules, states, xs, gs, *, inplace):
@@ -326,7 +434,7 @@ def _update_numpy(rules, states, xs, gs, *, inplace):
     recipes = plan(rules, states, xs, xs[0].dtype)
     if recipes is None:
         return NotImplemented
-    return run_numba(recipes, states, xs, gs, ks, np, _view, _copy, inplace)
+    return run_numba(recipes, states, xs, gs, ks, np, NUMPY_MEMORY, inplace)
 
 
 def _register() -> None:

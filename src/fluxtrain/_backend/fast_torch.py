@@ -14,12 +14,12 @@ kernel signature):
   path up to rounding order (a few ulps per step; tests use rtol 1e-5 on float32
   trajectories, 1e-12 on float64).
 * ``Momentum``, ``Lion`` (and their ``ClipNorm``/``WeightDecay`` chains): on CPU, the
-  numba kernels of :mod:`fluxtrain._backend.fast_numpy` on zero-copy NumPy views of the
-  tensors (bit-for-bit equal to the generic path); without numba, or on other devices,
+  numba kernels of :mod:`fluxtrain._backend.fast_numpy`, given the tensors' memory
+  addresses (bit-for-bit equal to the generic path); without numba, or on other devices,
   an exact ``torch._foreach_*`` sequence (the same operations as the generic rule, so also
   bit-for-bit) for the plain rules, and the generic path for the chains.
 
-Parameters written through NumPy views get their autograd version counter bumped, as an
+Parameters written by the numba kernels get their autograd version counter bumped, as an
 in-place torch op would.
 """
 from __future__ import annotations
@@ -63,16 +63,28 @@ def _same_tensors(xs, arrs) -> bool:
 
 # ------------------------------------------------------------------------- numba route
 
-def _view(t, write: bool):
-    if (not isinstance(t, torch.Tensor) or t.device.type != "cpu" or not t.is_contiguous()
-            or t.is_conj() or t.is_neg()):
-        return None
-    a = (t.detach() if t.requires_grad else t).numpy()  # detach only where numpy() needs it
-    return a if a.ndim == 1 else a.reshape(-1)
+def _dense(t) -> bool:
+    # the kernels read and write raw memory: a dense CPU tensor without a lazy negation bit
+    # (the conjugation bit needs a complex dtype, which never gets here; `is_cpu` and not
+    # `device.type`, which costs five times as much)
+    return t.is_cpu and t.is_contiguous() and not t.is_neg()
+
+
+def _addrs(arrs: list, g):
+    # run_numba has checked shapes and dtypes: equal torch dtypes mean torch tensors
+    for a in arrs:
+        if not (a.is_cpu and a.is_contiguous() and not a.is_neg()):
+            return None
+    if len(arrs) == 3:
+        return [arrs[0].data_ptr(), g.data_ptr(), arrs[1].data_ptr(), arrs[2].data_ptr()]
+    return [arrs[0].data_ptr(), g.data_ptr(), arrs[1].data_ptr()]
 
 
 def _copy(t):
     return t.detach().clone(memory_format=torch.contiguous_format)
+
+
+_MEMORY = fast_numpy.Memory(_dense, _addrs, lambda t: t.numel(), _copy)
 
 
 def _numba(rules, states, xs, gs, inplace):
@@ -82,8 +94,7 @@ def _numba(rules, states, xs, gs, inplace):
     recipes = fast_numpy.plan(rules, states, xs, str(xs[0].dtype))
     if recipes is None:
         return NotImplemented
-    xp = _xp(xs[0])
-    out = fast_numpy.run_numba(recipes, states, xs, gs, ks, xp, _view, _copy, inplace)
+    out = fast_numpy.run_numba(recipes, states, xs, gs, ks, _xp(xs[0]), _MEMORY, inplace)
     if out is not NotImplemented and inplace:
         _bump(xs)
     return out
@@ -234,6 +245,8 @@ def _uniform(cls, rules, states, xs, gs):
         return None
     if not (_same_tensors(xs, states) and _same_tensors(xs, gs)):
         return None
+    if any(a.is_neg() for a in states) or any(x.is_neg() for x in xs):
+        return None  # in-place foreach ops refuse tensors with torch's lazy negation bit
     r0 = rules[0]
     if not all(r == r0 for r in rules):
         return None
