@@ -3,7 +3,7 @@
 Called eagerly, the generic rules dispatch one small XLA computation per operation and per
 array (an Adam step on 1,000 arrays is ~20,000 dispatches, each allocating a new buffer).
 Here the whole group's step (every array's ``rule.apply`` and ``x - delta``) is traced once
-and compiled by ``jax.jit``; later steps with the same rules and shapes reuse it.
+and compiled by ``jax.jit``; later steps with the same rules and structure reuse it.
 
 ``update_``'s in-place contract means the old parameter and state buffers are not needed
 after the step, so they are *donated* to XLA, which then writes the results in place (no
@@ -12,6 +12,16 @@ arrays of the parameters and of the optimiser state are deleted; use the returne
 ``(state, model)`` (or the containers ``update_`` rebinds), as the contract says. ``update``
 (pure) uses the same compiled program without donation and never invalidates its inputs.
 
+Once compiled, a step costs little more than JAX's dispatch, which is paid per input and
+per output buffer (a few microseconds each). So the program's inputs are the *distinct*
+arrays of ``(states, xs, gs)`` (by identity; a repeated array is passed once), and 0-d
+state entries such as Adam's ``beta^t`` are shared: Leafs with equal rules and equal 0-d
+state get the same 0-d arrays, which the program reads once and returns once. That is
+exact only for rules whose 0-d state depends on nothing but itself and the
+hyper-parameters; rules declare it with ``Rule._scalar_state_independent`` (checked for
+every rule by the tests). Shared 0-d arrays are never donated (a Leaf outside this step
+may hold them).
+
 Not used (generic path instead) when the arrays are tracers (a ``jax.jit`` of the user's
 own, which compiles the generic path anyway), when a rule is not hashable (e.g. a traced
 hyper-parameter), or when a ``ClipNorm(throw=True)`` in the group sees a non-finite norm
@@ -19,11 +29,18 @@ hyper-parameter), or when a ``ClipNorm(throw=True)`` in the group sees a non-fin
 """
 from __future__ import annotations
 
+import copy
+import functools
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import fast
 from ..optimise.base import Masked, Replace
+
+_Tracer = jax.core.Tracer
 
 
 def _new_x(x, delta):
@@ -36,17 +53,6 @@ def _new_x(x, delta):
     return x - delta
 
 
-def _group_step(spec, etas, states, xs, gs):
-    skeletons, which = spec
-    rules = [_fill(sk, it) for sk, it in zip(skeletons, _chunks(spec, etas))]
-    new_states, new_xs = [], []
-    for j, s, x, g in zip(which, states, xs, gs):
-        st, delta = rules[j].apply(s, x, g)
-        new_states.append(st)
-        new_xs.append(_new_x(x, delta))
-    return new_states, new_xs
-
-
 # Learning rates are passed as traced arguments, not baked into the compiled program, so
 # that adjust_(state, eta) every step (a schedule) does not recompile. Everything else
 # about a rule is static (it may select code paths: ClipNorm's p, AdamW's couple, ...).
@@ -56,7 +62,6 @@ _ETA = "<eta>"
 def _split(rule, etas: list):
     """A hashable skeleton of ``rule`` with each float ``eta`` replaced by a marker (the
     values are appended to ``etas``)."""
-    import copy
     eta = getattr(rule, "eta", None)
     opts = getattr(rule, "opts", None)
     inner = getattr(rule, "rule", None)
@@ -74,7 +79,6 @@ def _split(rule, etas: list):
 
 
 def _fill(sk, it):
-    import copy
     eta = getattr(sk, "eta", None)
     opts = getattr(sk, "opts", None)
     inner = getattr(sk, "rule", None)
@@ -88,15 +92,6 @@ def _fill(sk, it):
     if hasattr(inner, "apply"):
         object.__setattr__(r, "rule", _fill(inner, it))
     return r
-
-
-def _chunks(spec, etas):
-    it = iter(etas)
-    return [it] * len(spec[0])
-
-
-_step_donated = jax.jit(_group_step, static_argnums=(0,), donate_argnums=(2, 3))
-_step_pure = jax.jit(_group_step, static_argnums=(0,))
 
 
 def _throws(rule) -> bool:
@@ -117,9 +112,38 @@ def _all_finite_norms(gs):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in gs]))
 
 
-def _spec(rules):
-    """``((skeleton, ...), (index per array,)), etas``: the distinct rules (by identity,
-    then equality) as skeletons without their learning rates, and those rates."""
+# ------------------------------------------------------------------------------ rules
+
+class _Spec:
+    """The distinct rules of a group (by identity, then equality) as skeletons without
+    their learning rates, which array uses which, and per skeleton the facts the plan
+    needs. Hashable (the compiled programs are cached under it)."""
+
+    __slots__ = ("skeletons", "which", "throws", "independent", "_hash")
+
+    def __init__(self, skeletons: tuple, which: tuple) -> None:
+        self.skeletons, self.which = skeletons, which
+        self._hash = hash((skeletons, which))  # TypeError: unhashable hyper-parameters
+        self.throws = any(_throws(r) for r in skeletons)
+        self.independent = tuple(bool(getattr(r, "_scalar_state_independent", False)) for r in skeletons)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: Any) -> bool:
+        return self is other or (isinstance(other, _Spec) and self._hash == other._hash
+                                 and self.which == other.which and self.skeletons == other.skeletons)
+
+
+_SPECS: dict[tuple, tuple] = {}  # tuple of rule ids -> (rules, spec, etas); rules kept alive so ids stay unique
+_SPECS_MAX = 16
+
+
+def _spec(rules: list) -> tuple[_Spec, tuple]:
+    key = tuple(map(id, rules))
+    hit = _SPECS.get(key)
+    if hit is not None:
+        return hit[1], hit[2]
     uniq: list = []
     ids: dict[int, int] = {}
     which = []
@@ -137,32 +161,234 @@ def _spec(rules):
         which.append(j)
     etas: list = []
     skeletons = tuple(_split(r, etas) for r in uniq)
-    return (skeletons, tuple(which)), tuple(etas)
+    spec = _Spec(skeletons, tuple(which))
+    if len(_SPECS) >= _SPECS_MAX:
+        del _SPECS[next(iter(_SPECS))]
+    _SPECS[key] = (list(rules), spec, tuple(etas))
+    return spec, tuple(etas)
 
+
+# ------------------------------------------------------------------------------ plans
+
+class _Mismatch(Exception):
+    """A trace found shapes that contradict the plan (e.g. a 0-d array where the plan
+    has a larger one): fall back to the generic path."""
+
+
+class _Plan:
+    """Everything about one group step that depends only on the rules, the tree structure
+    and which leaves are the same object; built once, reused every step.
+
+    Leaves are those of ``jax.tree.flatten((states, xs, gs))``; ``slot`` numbers the
+    distinct ones (each repeated leaf is passed to the program once).
+    """
+
+    def __init__(self, spec: _Spec, treedef, idx: tuple, leaves: list, inplace: bool) -> None:
+        self.spec, self.treedef, self.inplace = spec, treedef, inplace
+        states_td, xs_td, _ = treedef.children()
+        self.state_tds = tuple(states_td.children())
+        k = len(self.state_tds)
+        bounds = [0]
+        for td in self.state_tds:
+            bounds.append(bounds[-1] + td.num_leaves)
+        self.bounds = bounds
+        n_state = bounds[-1]
+        self.x_pos = tuple(range(n_state, n_state + k))
+        # distinct leaves, in order of first appearance (idx: position of each leaf's last twin)
+        slot_of_rep: dict[int, int] = {}
+        for p in idx:
+            if p not in slot_of_rep:
+                slot_of_rep[p] = len(slot_of_rep)
+        self.slot = tuple(slot_of_rep[p] for p in idx)
+        self.rep_of = idx
+        nslots = len(slot_of_rep)
+        count = [0] * nslots
+        for s in self.slot:
+            count[s] += 1
+        rep_pos = list(slot_of_rep)
+        self.zero_d = tuple(np.ndim(leaves[p]) == 0 for p in rep_pos)
+        # donate a buffer only if it is read exactly once, as a state or parameter (never
+        # as a gradient), and is not 0-d (shared 0-d state may be held by other Leafs)
+        don = [inplace and count[s] == 1 and rep_pos[s] < n_state + k and not self.zero_d[s]
+               and isinstance(leaves[rep_pos[s]], jax.Array) for s in range(nslots)]
+        self.don_slots = tuple(s for s in range(nslots) if don[s])
+        self.keep_slots = tuple(s for s in range(nslots) if not don[s])
+        self.don_pos = tuple(rep_pos[s] for s in self.don_slots)
+        self.keep_pos = tuple(rep_pos[s] for s in self.keep_slots)
+        self.nslots = nslots
+        self.zpos, self.cluster_of = self._clusters(n_state)
+        nclusters = len(set(c for c in self.cluster_of if c is not None))
+        nkinds = len(set(c[:3] for c in self.cluster_of if c is not None))
+        # Fresh Leafs (setup) have equal but distinct 0-d arrays: worth one look at values
+        self.try_merge = nclusters > nkinds
+        self.out_map: tuple | None = None
+        self.out_treedef = None
+        step = functools.partial(_traced, self)
+        self.fn = jax.jit(step, donate_argnums=(1,)) if self.don_slots else jax.jit(step)
+        self.reads_keep = False  # does out_map point at undonated inputs (set by the trace)?
+
+    def _clusters(self, n_state: int):
+        """Per array: the positions of its 0-d state leaves, and its sharing cluster
+        ``(rule, state structure, 0-d positions, their slots)`` or None."""
+        spec, slot, zero = self.spec, self.slot, self.zero_d
+        zpos, cluster = [], []
+        for i, td in enumerate(self.state_tds):
+            a, b = self.bounds[i], self.bounds[i + 1]
+            zp = tuple(p - a for p in range(a, b) if zero[slot[p]])
+            zpos.append(zp)
+            j = spec.which[i]
+            if zp and spec.independent[j] and not zero[slot[self.x_pos[i]]]:
+                cluster.append((j, td, zp, tuple(slot[a + q] for q in zp)))
+            else:
+                cluster.append(None)
+        return tuple(zpos), tuple(cluster)
+
+
+def _traced(plan: _Plan, etas, don, keep):
+    ops: list = [None] * plan.nslots
+    for s, a in zip(plan.don_slots, don):
+        ops[s] = a
+    for s, a in zip(plan.keep_slots, keep):
+        ops[s] = a
+    if tuple(jnp.ndim(a) == 0 for a in ops) != plan.zero_d:
+        raise _Mismatch
+    states, xs, gs = plan.treedef.unflatten([ops[s] for s in plan.slot])
+    spec = plan.spec
+    it = iter(etas)
+    rules = [_fill(sk, it) for sk in spec.skeletons]
+    firsts: dict = {}  # cluster -> the new 0-d state of its first array
+    new_states, new_xs = [], []
+    for i, (j, s, x, g) in enumerate(zip(spec.which, states, xs, gs)):
+        st, delta = rules[j].apply(s, x, g)
+        c = plan.cluster_of[i]
+        if c is not None:
+            leaves, td = jax.tree.flatten(st)
+            if td != plan.state_tds[i]:
+                raise _Mismatch  # a rule that changes its state's structure: no sharing
+            zp = plan.zpos[i]
+            first = firsts.get(c)
+            if first is None:
+                firsts[c] = [leaves[q] for q in zp]
+            else:
+                for q, v in zip(zp, first):
+                    leaves[q] = v
+                st = td.unflatten(leaves)
+        new_states.append(st)
+        new_xs.append(_new_x(x, delta))
+    # each distinct output once; an untouched, undonated input comes back as itself
+    leaves, out_td = jax.tree.flatten((new_states, new_xs))
+    kept = {id(a): k for k, a in enumerate(keep)}
+    outs: list = []
+    where: dict[int, int] = {}
+    ref = []
+    for a in leaves:
+        r = where.get(id(a))
+        if r is None:
+            k = kept.get(id(a))
+            if k is not None:
+                r = ~k
+            else:
+                r = where[id(a)] = len(outs)
+                outs.append(a)
+        ref.append(r)
+    out_map = tuple(r if r >= 0 else len(outs) + ~r for r in ref)
+    if plan.out_map is None:
+        plan.out_map, plan.out_treedef = out_map, out_td
+        plan.reads_keep = any(r < 0 for r in ref)
+    elif plan.out_map != out_map or plan.out_treedef != out_td:
+        raise _Mismatch  # a retrace (new shapes) that would return a different layout
+    return outs
+
+
+_PLANS: dict[tuple, _Plan] = {}
+_PLANS_MAX = 32
+_LAST: dict[tuple, _Plan] = {}  # (spec, inplace) -> the plan used last: usually the next one too
+
+
+def _plan(spec, treedef, leaves, inplace):
+    ids = list(map(id, leaves))
+    plan = _LAST.get((spec, inplace))
+    # the same structure, each leaf the same object as its slot's first one, no two slots alike
+    if (plan is not None and treedef == plan.treedef and len(set(ids)) == plan.nslots
+            and ids == list(map(ids.__getitem__, plan.rep_of))):
+        return plan.key, plan
+    last = dict(zip(ids, range(len(ids))))
+    idx = tuple(map(last.__getitem__, ids))
+    key = (spec, treedef, idx, inplace)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _Plan(spec, treedef, idx, leaves, inplace)
+        plan.key = key
+        if len(_PLANS) >= _PLANS_MAX:
+            del _PLANS[next(iter(_PLANS))]
+        _PLANS[key] = plan
+    if len(_LAST) >= _PLANS_MAX:
+        del _LAST[next(iter(_LAST))]
+    _LAST[(spec, inplace)] = plan
+    return key, plan
+
+
+def _merge(plan: _Plan, leaves: list) -> bool:
+    """Make arrays of one rule whose 0-d states are equal (bit for bit, same dtype) read
+    the same 0-d arrays, so that the program computes and returns them once. Exact: equal
+    inputs give equal outputs for rules declaring ``_scalar_state_independent``."""
+    values: dict[int, tuple] = {}
+    first: dict[tuple, int] = {}
+    changed = False
+    for i, c in enumerate(plan.cluster_of):
+        if c is None:
+            continue
+        a = plan.bounds[i]
+        ps = [a + q for q in plan.zpos[i]]
+        val = []
+        for p in ps:
+            v = values.get(plan.slot[p])
+            if v is None:
+                arr = leaves[p]
+                v = values[plan.slot[p]] = (str(arr.dtype), bool(getattr(arr, "weak_type", False)),
+                                            np.asarray(arr).tobytes())
+            val.append(v)
+        key = c[:3] + tuple(val)
+        r = first.setdefault(key, i)
+        if r != i:
+            b = plan.bounds[r]
+            for q, p in zip(plan.zpos[i], ps):
+                if leaves[p] is not leaves[b + q]:
+                    leaves[p] = leaves[b + q]
+                    changed = True
+    return changed
+
+
+# ------------------------------------------------------------------------------ kernel
 
 def _update_jax(rules, states, xs, gs, *, inplace):
-    if not xs or any(isinstance(a, jax.core.Tracer) for a in xs) or any(isinstance(a, jax.core.Tracer) for a in gs):
+    if not xs or isinstance(xs[0], _Tracer) or any(issubclass(t, _Tracer) for t in set(map(type, gs))):
         return NotImplemented  # inside the user's own jit: the generic path is compiled anyway
     try:
         spec, etas = _spec(rules)
-        hash(spec)
     except TypeError:  # traced or unhashable hyper-parameters
         return NotImplemented
-    if any(_throws(r) for r in spec[0]) and not bool(_all_finite_norms(list(gs))):
+    if spec.throws and not bool(_all_finite_norms(list(gs))):
         return NotImplemented  # the generic path raises ClipNorm's DomainError
-    donate = inplace
-    if donate:
-        # a buffer may be donated once, and never while it is also read as a gradient
-        donated = [a for a in jax.tree.leaves((states, xs)) if isinstance(a, jax.Array)]
-        ids = {id(a) for a in donated}
-        if len(ids) != len(donated) or any(id(g) in ids for g in gs):
-            donate = False
-    fn = _step_donated if donate else _step_pure
+    leaves, treedef = jax.tree.flatten((states, xs, gs))
+    key, plan = _plan(spec, treedef, leaves, inplace)
+    if plan.try_merge:
+        if _merge(plan, leaves):
+            key, plan = _plan(spec, treedef, leaves, inplace)
+        plan.try_merge = False  # values looked at once; the shared arrays now persist
+    don = list(map(leaves.__getitem__, plan.don_pos))
+    keep = list(map(leaves.__getitem__, plan.keep_pos))
     try:
-        new_states, new_xs = fn(spec, etas, list(states), list(xs), list(gs))
+        outs = plan.fn(etas, don, keep)
+    except _Mismatch:
+        _PLANS.pop(key, None)
+        _LAST.pop((spec, inplace), None)
+        return NotImplemented
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError, TypeError):
         return NotImplemented  # a rule that cannot be traced: the generic path decides
-    return [(s, Replace(x)) for s, x in zip(new_states, new_xs)]
+    pool = outs + keep if plan.reads_keep else outs
+    new_states, new_xs = plan.out_treedef.unflatten(list(map(pool.__getitem__, plan.out_map)))
+    return list(zip(new_states, map(Replace, new_xs)))
 
 
 def _register() -> None:

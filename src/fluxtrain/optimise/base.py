@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -154,7 +154,14 @@ class Rule:
     Subclasses are frozen dataclasses whose fields are the hyper-parameters, in Flux's
     positional order and with Flux's keyword names. They define ``init`` and ``apply``;
     nothing else is needed for a rule to work with ``setup``/``update``/``adjust``/saving.
+
+    ``_scalar_state_independent``: set True when every 0-d entry of the state depends only
+    on the state's own 0-d entries and the hyper-parameters, never on ``x``, ``g`` or the
+    other state (e.g. Adam's ``beta^t``, a step counter; trivially so without 0-d state).
+    The JAX fast path then lets Leafs with equal such entries share them (computed once).
     """
+
+    _scalar_state_independent: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

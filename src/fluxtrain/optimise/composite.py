@@ -42,6 +42,10 @@ class OptimiserChain(Rule):
     def __repr__(self) -> str:
         return "OptimiserChain(" + ", ".join(map(repr, self.opts)) + ")"
 
+    @property
+    def _scalar_state_independent(self) -> bool:  # the state is the members' states
+        return all(o._scalar_state_independent for o in self.opts)
+
     def init(self, x):
         return tuple(o.init(x) for o in self.opts)
 
@@ -85,6 +89,8 @@ class AccumGrad(Rule):
         >>> _ = ft.update_(s, m, {"x": np.array([1.0])}); m["x"]
         array([0.8], dtype=float32)
     """
+
+    _scalar_state_independent = True  # the counter steps 1, 2, ..., n, 1, ...
 
     n: int
 
@@ -144,6 +150,10 @@ class MixedPrecision(Rule):
 
     def __repr__(self) -> str:
         return f"MixedPrecision({self.T}, {self.rule!r})"
+
+    @property
+    def _scalar_state_independent(self) -> bool:  # the master copy has x's shape
+        return self.rule._scalar_state_independent
 
     def _dtype(self, xp):
         return getattr(xp, self.T)

@@ -53,6 +53,8 @@ class Adam(Rule):
         array([ 0.999, -1.999,  0.5  ])
     """
 
+    _scalar_state_independent = True  # beta^t <- beta^t * beta
+
     eta: float = 0.001
     beta: tuple = (0.9, 0.999)
     epsilon: float = 1e-8
@@ -78,6 +80,8 @@ class RAdam(Rule):
 
     ``RAdam(eta=0.001, beta=(0.9, 0.999), epsilon=1e-8)``.
     """
+
+    _scalar_state_independent = True  # beta^t <- beta^t * beta; t <- t + 1
 
     eta: float = 0.001
     beta: tuple = (0.9, 0.999)
@@ -111,6 +115,8 @@ class AdaMax(Rule):
     agree only when ``u`` is far above eps; see docs/optimise.md.
     """
 
+    _scalar_state_independent = True  # beta^t <- beta^t * beta
+
     eta: float = 0.001
     beta: tuple = (0.9, 0.999)
     epsilon: float = 1e-8
@@ -134,6 +140,8 @@ class OAdam(Rule):
 
     ``OAdam(eta=0.001, beta=(0.5, 0.9), epsilon=1e-8)``.
     """
+
+    _scalar_state_independent = True  # beta^t <- beta^t * beta
 
     eta: float = 0.001
     beta: tuple = (0.5, 0.9)
@@ -159,6 +167,8 @@ class AMSGrad(Rule):
     starts at 0 and bias-corrects, so it differs; optax's ``amsgrad`` also bias-corrects.
     """
 
+    _scalar_state_independent = True  # no 0-d state (arrays shaped like x)
+
     eta: float = 0.001
     beta: tuple = (0.9, 0.999)
     epsilon: float = 1e-8
@@ -182,6 +192,8 @@ class NAdam(Rule):
 
     ``NAdam(eta=0.001, beta=(0.9, 0.999), epsilon=1e-8)``.
     """
+
+    _scalar_state_independent = True  # beta^t <- beta^t * beta
 
     eta: float = 0.001
     beta: tuple = (0.9, 0.999)
@@ -212,6 +224,8 @@ class AdamW(Rule):
     which is a different rule.
     """
 
+    _scalar_state_independent = True  # beta^t <- beta^t * beta
+
     eta: float = 0.001
     beta: tuple = (0.9, 0.999)
     lambda_: float = 0.0
@@ -241,6 +255,8 @@ class AdaBelief(Rule):
     ``AdaBelief(eta=0.001, beta=(0.9, 0.999), epsilon=1e-16)``. Equals ``optax.adabelief``
     with ``eps=epsilon, eps_root=epsilon``.
     """
+
+    _scalar_state_independent = True  # beta^t <- beta^t * beta
 
     eta: float = 0.001
     beta: tuple = (0.9, 0.999)

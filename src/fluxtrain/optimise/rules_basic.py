@@ -40,6 +40,8 @@ class Descent(Rule):
         array([0.])
     """
 
+    _scalar_state_independent = True  # no state
+
     eta: float = _F32_0_1
 
     def apply(self, state, x, g):
@@ -54,6 +56,8 @@ class Momentum(Rule):
     (dampening 0) at constant learning rate, and ``optax.sgd(eta, momentum=rho)`` up to the
     placement of ``eta``.
     """
+
+    _scalar_state_independent = True  # no 0-d state (arrays shaped like x)
 
     eta: float = 0.01
     rho: float = 0.9
@@ -73,6 +77,8 @@ class Nesterov(Rule):
 
     ``Nesterov(eta=0.001, rho=0.9)``. Equals ``torch.optim.SGD(nesterov=True)`` at constant lr.
     """
+
+    _scalar_state_independent = True  # no 0-d state (arrays shaped like x)
 
     eta: float = 0.001
     rho: float = 0.9
@@ -98,6 +104,8 @@ class RMSProp(Rule):
     centered=...)``; note torch's default alpha is 0.99. Changing ``centred`` with ``adjust``
     is refused (the variants keep different state).
     """
+
+    _scalar_state_independent = True  # no 0-d state (arrays shaped like x)
 
     eta: float = 0.001
     rho: float = 0.9
@@ -143,6 +151,8 @@ class AdaGrad(Rule):
     initial_accumulator_value=epsilon, eps=epsilon)``.
     """
 
+    _scalar_state_independent = True  # no 0-d state (arrays shaped like x)
+
     eta: float = 0.1
     epsilon: float = 1e-8
 
@@ -163,6 +173,8 @@ class AdaDelta(Rule):
 
     ``AdaDelta(rho=0.9, epsilon=1e-8)``; equals ``torch.optim.Adadelta(lr=1, rho, eps)``.
     """
+
+    _scalar_state_independent = True  # no 0-d state (arrays shaped like x)
 
     rho: float = 0.9
     epsilon: float = 1e-8
@@ -193,6 +205,8 @@ class Rprop(Rule):
 
     ``Rprop(eta=1f-3, ell=(0.5f0, 1.2f0), gamma=(1f-6, 50f0))`` (Float32 defaults as in Flux).
     """
+
+    _scalar_state_independent = True  # no 0-d state (arrays shaped like x)
 
     eta: float = float(np.float32(1e-3))
     ell: tuple = _RPROP_ELL
@@ -225,6 +239,8 @@ class Lion(Rule):
     ``optax.lion(eta, 0.9, 0.99)``. Optimisers.jl's code is followed for Flux parity.
     """
 
+    _scalar_state_independent = True  # no 0-d state (arrays shaped like x)
+
     eta: float = 0.001
     beta: tuple = (0.9, 0.999)
 
@@ -247,6 +263,8 @@ class WeightDecay(Rule):
     rule)`` equals adding ``l/2 * sum(x**2)`` to the loss.
     """
 
+    _scalar_state_independent = True  # no state
+
     lambda_: float = 5e-4
 
     def apply(self, state, x, g):
@@ -257,6 +275,8 @@ class WeightDecay(Rule):
 class SignDecay(Rule):
     """L1 regularisation: ``delta = g + lambda_*sign(x)``. ``SignDecay(lambda_=1e-3)``."""
 
+    _scalar_state_independent = True  # no state
+
     lambda_: float = 1e-3
 
     def apply(self, state, x, g):
@@ -266,6 +286,8 @@ class SignDecay(Rule):
 @dataclass(frozen=True)
 class ClipGrad(Rule):
     """Clamp every gradient entry to ``[-delta, delta]``. ``ClipGrad(delta=10.0)``."""
+
+    _scalar_state_independent = True  # no state
 
     delta: float = 10.0
 
@@ -289,6 +311,8 @@ class ClipNorm(Rule):
     parameter dtype (Flux divides in float64 then rounds), so float32 results can differ from
     Flux by an ulp when clipping is active.
     """
+
+    _scalar_state_independent = True  # no state
 
     omega: float = 10.0
     p: float = 2.0

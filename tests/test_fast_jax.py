@@ -1,0 +1,268 @@
+"""The JAX group step (``fluxtrain._backend.fast_jax``): shared 0-d state, input and output
+de-duplication, donation safety, plan reuse, and the ``_scalar_state_independent``
+declaration of every rule (which the sharing relies on).
+
+Fast results are compared with the generic path (``fast.disabled()``); XLA contracts
+``a*b + c`` into FMAs, so they agree to a few ulps (float64 here: rtol 1e-12).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import fluxtrain as ft
+from fluxtrain._backend import fast
+from fluxtrain.optimise import RULES, Rule
+from fluxtrain.optimise.base import scalar
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+
+# ------------------------------------------------------------------ the declaration
+
+def _instances():
+    special = {
+        "OptimiserChain": [ft.OptimiserChain(ft.AccumGrad(2), ft.RAdam()),
+                           ft.OptimiserChain(ft.ClipNorm(1.0), ft.WeightDecay(), ft.Adam())],
+        "AccumGrad": [ft.AccumGrad(3)],
+        "MixedPrecision": [ft.MixedPrecision("float64", ft.NAdam())],
+        "RMSProp": [ft.RMSProp(), ft.RMSProp(centred=True)],
+    }
+    return [r for name, cls in RULES.items() for r in (special[name] if name in special else [cls()])]
+
+
+def _zero_d(state) -> list:
+    """The 0-d array entries of a rule state, in order."""
+    out = []
+    for leaf in jax.tree.leaves(state):
+        if len(np.shape(leaf)) == 0:
+            out.append(np.asarray(leaf))
+    return out
+
+
+def _check_declaration(rule, backend) -> None:
+    """A rule declaring ``_scalar_state_independent`` must produce the same 0-d state from
+    the same state whatever ``x`` and ``g`` are (several steps, so counters wrap)."""
+    if not rule._scalar_state_independent:
+        return
+    rng = np.random.default_rng(0)
+    xa, xb = (backend.asarray(rng.standard_normal(5), "float32") for _ in range(2))
+    apply = (lambda s, x, g: rule.apply(s, x, g))
+    if backend.jit:
+        apply = jax.jit(apply)
+    sa = sb = rule.init(xa)
+    for _ in range(4):
+        ga, gb = (backend.asarray(rng.standard_normal(5) * 3, "float32") for _ in range(2))
+        sa, _ = apply(sa, xa, ga)
+        sb, _ = apply(sb, xb, gb)
+        za, zb = _zero_d(sa), _zero_d(sb)
+        assert len(za) == len(zb)
+        for a, b in zip(za, zb):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), \
+                f"{rule!r} declares _scalar_state_independent but its 0-d state depends on x or g"
+
+
+@pytest.mark.parametrize("rule", _instances(), ids=lambda r: repr(r)[:50])
+def test_scalar_state_declaration_holds(rule, backend):
+    assert isinstance(rule._scalar_state_independent, bool)
+    _check_declaration(rule, backend)
+
+
+@dataclass(frozen=True)
+class _GradSum(Rule):
+    """A (user) rule whose 0-d state is the sum of the gradient: never shareable."""
+
+    eta: float = 0.1
+
+    def init(self, x):
+        return scalar(x, 0.0)
+
+    def apply(self, state, x, g):
+        return state + ft.optimise.base.namespace(g).sum(g), g * self.eta
+
+
+@dataclass(frozen=True)
+class _Liar(_GradSum):
+    _scalar_state_independent = True
+
+
+def test_declaration_check_catches_a_false_claim():
+    from tests.util import Backend
+    _check_declaration(_GradSum(), Backend("numpy"))  # not claimed: nothing to check
+    with pytest.raises(AssertionError, match="depends on x or g"):
+        _check_declaration(_Liar(), Backend("numpy"))
+
+
+def test_default_and_composites():
+    assert Rule._scalar_state_independent is False
+    assert ft.OptimiserChain(ft.ClipNorm(), ft.Adam())._scalar_state_independent
+    assert not ft.OptimiserChain(ft.Adam(), _GradSum())._scalar_state_independent
+    assert not ft.MixedPrecision(_GradSum())._scalar_state_independent
+
+
+# ------------------------------------------------------------------ fast vs generic
+
+def _steps(rule, model, grads, *, disabled=False, pure=False):
+    state = ft.setup(rule, model)
+    for g in grads:
+        f = ft.update if pure else ft.update_
+        if disabled:
+            with fast.disabled():
+                state, model = f(state, model, g)
+        else:
+            state, model = f(state, model, g)
+    return state, model
+
+
+def _same(a, b):
+    fa, fb = ft.flatten_state(a[0]), ft.flatten_state(b[0])
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        np.testing.assert_allclose(np.asarray(fa[k]), np.asarray(fb[k]), rtol=1e-12, atol=1e-300)
+    for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1])):
+        assert x.dtype == y.dtype
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-12)
+
+
+def _model(shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    return {f"p{i}": jnp.asarray(rng.standard_normal(s)) for i, s in enumerate(shapes)}
+
+
+def _grads(model, steps, seed=1):
+    rng = np.random.default_rng(seed)
+    return [{k: jnp.asarray(rng.standard_normal(v.shape)) for k, v in model.items()} for _ in range(steps)]
+
+
+SHAPES = [(4,), (3, 2), (), (), (5,), (1,)]
+
+
+@pytest.mark.parametrize("rule", [
+    ft.Adam(0.01), ft.RAdam(0.01), ft.OptimiserChain(ft.AccumGrad(2), ft.NAdam(0.01)),
+    ft.OptimiserChain(ft.ClipNorm(1.0), ft.WeightDecay(), ft.AdamW(0.01, lambda_=0.1)),
+    ft.OptimiserChain(_GradSum(), ft.Momentum(0.01)), ft.MixedPrecision("float64", ft.Adam(0.01)),
+], ids=lambda r: repr(r)[:40])
+@pytest.mark.parametrize("pure", [False, True], ids=["update_", "update"])
+def test_matches_generic_and_shares_scalars(rule, pure):
+    """0-d parameters (whose whole state is 0-d) and a rule with g-dependent 0-d state
+    must not be merged; the rest share their 0-d state after the first step."""
+    grads = _grads(_model(SHAPES), 5)
+    fast_res = _steps(rule, _model(SHAPES), grads, pure=pure)
+    _same(fast_res, _steps(rule, _model(SHAPES), grads, disabled=True, pure=pure))
+    state = fast_res[0]
+    if rule._scalar_state_independent and not isinstance(rule, ft.MixedPrecision):
+        big = [jax.tree.leaves(state[k].state) for k, s in zip(state, SHAPES) if s != ()]
+        zs = [[a for a in leaves if a.ndim == 0] for leaves in big]
+        assert zs[0] and all(len(z) == len(zs[0]) for z in zs)
+        for z in zs[1:]:
+            assert all(a is b for a, b in zip(z, zs[0]))  # one array, held by every Leaf
+        scal = [jax.tree.leaves(state[k].state) for k, s in zip(state, SHAPES) if s == ()]
+        assert not any(a is b for a, b in zip(scal[0], scal[1]))  # 0-d params: own m, v
+
+
+def test_frozen_leaf_keeps_its_own_scalars():
+    """A Leaf frozen for a while has another beta^t: not merged, not donated by others."""
+    rule = ft.Adam(0.05)
+    m1, m2 = _model([(3,), (3,), (2,)]), _model([(3,), (3,), (2,)])
+    s1, s2 = ft.setup(rule, m1), ft.setup(rule, m2)
+    grads = _grads(m1, 6)
+    for i, g in enumerate(grads):
+        for s in (s1, s2):
+            (ft.freeze_ if i == 2 else ft.thaw_)(s["p1"])
+        s1, m1 = ft.update_(s1, m1, g)
+        with fast.disabled():
+            s2, m2 = ft.update_(s2, m2, g)
+    _same((s1, m1), (s2, m2))
+    assert s1["p0"].state[2][0] is s1["p2"].state[2][0]
+    assert s1["p1"].state[2][0] is not s1["p0"].state[2][0]
+
+
+def test_shared_scalars_of_skipped_leaves_stay_alive():
+    """Leafs share beta^t; a step that updates only some of them must not donate it."""
+    rule = ft.Adam(0.05)
+    m1, m2 = _model([(3,), (3,), (2,)]), _model([(3,), (3,), (2,)])
+    s1, s2 = ft.setup(rule, m1), ft.setup(rule, m2)
+    g = _grads(m1, 3)
+    s1, m1 = ft.update_(s1, m1, g[0])
+    with fast.disabled():
+        s2, m2 = ft.update_(s2, m2, g[0])
+    shared = s1["p2"].state[2][0]
+    assert s1["p0"].state[2][0] is shared
+    part = {"p0": g[1]["p0"], "p1": g[1]["p1"], "p2": None}
+    s1, m1 = ft.update_(s1, m1, part)
+    with fast.disabled():
+        s2, m2 = ft.update_(s2, m2, part)
+    assert not shared.is_deleted() and s1["p2"].state[2][0] is shared
+    s1, m1 = ft.update_(s1, m1, g[2])
+    with fast.disabled():
+        s2, m2 = ft.update_(s2, m2, g[2])
+    _same((s1, m1), (s2, m2))
+
+
+def test_repeated_and_aliased_inputs():
+    """One gradient array for several parameters, and a parameter that is its own
+    gradient: read once, never donated; the other buffers are donated."""
+    w = jnp.linspace(-1.0, 1.0, 5)
+    shared_g = jnp.full((5,), 0.5)
+    model = {"a": jnp.ones(5), "b": jnp.zeros(5), "w": w}
+    ref = dict(model)
+    g = {"a": shared_g, "b": shared_g, "w": w}
+    s1, s2 = ft.setup(ft.Momentum(0.1), model), ft.setup(ft.Momentum(0.1), ref)
+    old_a = model["a"]
+    with fast.disabled():
+        s2, ref = ft.update(s2, ref, g)
+    s1, model = ft.update_(s1, model, g)
+    assert not shared_g.is_deleted() and not w.is_deleted()
+    assert old_a.is_deleted()
+    _same((s1, model), (s2, ref))
+
+
+def test_same_structure_other_shapes():
+    """The cached plan is keyed by structure and identities, not shapes: a model whose
+    arrays change from vectors to 0-d (where sharing is not allowed) must still be right."""
+    rule = ft.Adam(0.01)
+    for shapes in ([(2,), (3,)], [(), ()], [(4,), (4,)]):
+        grads = _grads(_model(shapes), 3)
+        _same(_steps(rule, _model(shapes), grads), _steps(rule, _model(shapes), grads, disabled=True))
+
+
+def test_traced_once(monkeypatch):
+    """Fresh Leafs are merged by value before the first compile: one trace serves every
+    step (the learning rate changes too)."""
+    from fluxtrain._backend import fast_jax
+    traces = []
+    orig = fast_jax._fill
+    monkeypatch.setattr(fast_jax, "_fill", lambda sk, it: traces.append(type(sk).__name__) or orig(sk, it))
+    model = _model([(7,), (2, 3), (9,), (1,)], seed=5)
+    state = ft.setup(ft.NAdam(0.02, (0.8, 0.95)), model)
+    for i, g in enumerate(_grads(model, 5, seed=6)):
+        ft.adjust_(state, 0.02 / (i + 1))
+        state, model = ft.update_(state, model, g)
+    assert traces == ["NAdam"]
+
+
+def test_clipnorm_throw_checks_before_donating():
+    model = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    state = ft.setup(ft.OptimiserChain(ft.ClipNorm(1.0), ft.Adam()), model)
+    old = dict(model)
+    with pytest.raises(ft.DomainError):
+        ft.update_(state, model, {"a": jnp.ones(3), "b": jnp.array([1.0, jnp.inf])})
+    assert not any(a.is_deleted() for a in old.values())
+    assert all(a is old[k] for k, a in model.items())
+
+
+def test_tracers_fall_back():
+    from fluxtrain._backend import fast_jax
+    rule = ft.Adam()
+    x = jnp.ones(3)
+    st = rule.init(x)
+
+    @jax.jit
+    def f(x, g):
+        assert fast_jax._update_jax([rule], [st], [x], [g], inplace=False) is NotImplemented
+        return x
+
+    f(x, x)
