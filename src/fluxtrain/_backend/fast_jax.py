@@ -340,6 +340,8 @@ def _merge(plan: _Plan, leaves: list) -> bool:
             continue
         a = plan.bounds[i]
         ps = [a + q for q in plan.zpos[i]]
+        if any(np.ndim(leaves[p]) != 0 for p in ps):
+            continue  # a plan made for other shapes: only 0-d arrays are ever substituted
         val = []
         for p in ps:
             v = values.get(plan.slot[p])
