@@ -1,10 +1,12 @@
-"""NumPy fast paths: one fused, multi-threaded pass per array with numba.
+"""NumPy fast paths: one fused, multi-threaded pass over a whole group of arrays with numba.
 
 Plain NumPy evaluates ``b1*m + (1-b1)*g`` one operation at a time, each reading and writing
 a whole array, so an Adam step makes ~25 passes over memory where 7 suffice (read x, g,
-m, v; write x, m, v). These kernels make exactly those 7 passes, in parallel
-(``numba.njit(parallel=True)``). numexpr was measured too and was no faster than plain
-NumPy here (see ``docs/performance.md``), so numba it is.
+m, v; write x, m, v). These kernels make exactly those 7 passes. One call serves every
+array of a group: the kernel gets the arrays' addresses and a table of pieces (at most
+``CHUNK`` elements each), which a few threads share out (``_run``), so 1,000 small arrays
+cost one call, not 1,000. numexpr was measured too and was no faster than plain NumPy here
+(see ``docs/performance.md``), so numba it is.
 
 Exactness: the kernels perform the same IEEE operations as the generic rules, in the same
 order and in the parameter's dtype (every scalar is passed already rounded to that dtype;
@@ -21,6 +23,7 @@ rules are ``[ClipNorm(p=2)] [WeightDecay] R`` with ``R`` one of those four.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -42,13 +45,52 @@ def kernels() -> dict[str, Callable] | None:
 
 
 PARALLEL_MIN = 1 << 17
-"""A group with at least this many elements in all runs multi-threaded, a smaller one on
-one thread (for a few small arrays a parallel region costs more than it saves)."""
+"""A group with at least this many elements in all is shared out among ``threads()``
+threads, a smaller one runs on the calling thread (waking threads costs more than it saves)."""
 
 CHUNK = 1 << 16
 """Work unit of the multi-array kernels: each array is cut into pieces of at most this many
 elements and the threads share out the pieces, so one call serves one huge array and a
 thousand small ones alike (one parallel region per group, not one per array)."""
+
+
+_POOL: Any = None
+
+
+def threads() -> int:
+    """Threads a large group is shared out among: the CPUs this process may run on, or
+    ``FLUXTRAIN_NUM_THREADS``."""
+    env = os.environ.get("FLUXTRAIN_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _run(kernel, P, CH, R, U, I, C, parallel: bool) -> None:
+    """Run ``kernel`` over the chunk table ``CH``, split into contiguous runs of chunks
+    among ``threads()`` threads when ``parallel``.
+
+    Our own blocking thread pool rather than numba's ``parallel=True``: numba's OpenMP
+    threads spin-wait after each region and, on a machine with few cores, starve the
+    threads of torch (its own OpenMP runtime) and of everything else for milliseconds after
+    every step (torch's fused Adam measured 7x slower right after a numba parallel step).
+    These threads sleep when idle."""
+    global _POOL
+    n = min(threads(), len(CH)) if parallel else 1
+    if n <= 1:
+        kernel(P, CH, R, U, I, C)
+        return
+    if _POOL is None or _POOL._max_workers < n - 1:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="fluxtrain")
+    cuts = [len(CH) * i // n for i in range(n + 1)]
+    futures = [_POOL.submit(kernel, P, CH[cuts[i]:cuts[i + 1]], R, U, I, C) for i in range(1, n)]
+    kernel(P, CH[:cuts[1]], R, U, I, C)
+    for fut in futures:
+        fut.result()
 
 
 def _build() -> dict[str, Callable]:
@@ -59,14 +101,17 @@ def _build() -> dict[str, Callable]:
     inline = numba.njit(inline="always")
 
     @intrinsic
-    def as_ptr(typingctx, addr, like):
-        # an integer address as a pointer to `like`'s float type (for numba.carray)
-        if not isinstance(addr, types.Integer) or not isinstance(like, types.Float):
+    def piece_ptr(typingctx, addr, off, like):
+        # element `off` of the array at integer address `addr`, as a pointer to `like`'s
+        # float type (for numba.carray)
+        if not (isinstance(addr, types.Integer) and isinstance(off, types.Integer)
+                and isinstance(like, types.Float)):
             return None
-        sig = types.CPointer(like)(addr, like)
+        sig = types.CPointer(like)(addr, off, like)
 
         def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+            p = builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+            return builder.gep(p, [args[1]])
         return sig, codegen
 
     # addresses for the Python side: one call per array's set (a call per array costs more)
@@ -79,8 +124,10 @@ def _build() -> dict[str, Callable]:
         return a.ctypes.data, b.ctypes.data, c.ctypes.data, d.ctypes.data
 
     @inline
-    def arr(P, N, j, b, z):
-        return numba.carray(as_ptr(P[j, b], z), N[j])
+    def piece(P, CH, c, b, z):
+        # elements lo:hi of buffer b of the chunk's array, indexed from 0: a loop from a
+        # table-read start would keep numba's negative-index handling and not vectorise
+        return numba.carray(piece_ptr(P[CH[c, 0], b], CH[c, 1], z), CH[c, 2] - CH[c, 1])
 
     @inline
     def pre(gi, xi, clip, has_clip, wd, has_wd):
@@ -94,14 +141,14 @@ def _build() -> dict[str, Callable]:
     # Each `*_chunk` updates elements lo:hi of one array; scalars come per array from a
     # small table of distinct rows U (floats, in the arrays' dtype) and I (flags).
     @inline
-    def adam_chunk(c, P, N, CH, R, U, I, C):
-        j, lo, hi = CH[c, 0], CH[c, 1], CH[c, 2]
-        r, z = R[j], U[0, 0]
-        x, g, m, v = arr(P, N, j, 0, z), arr(P, N, j, 1, z), arr(P, N, j, 2, z), arr(P, N, j, 3, z)
+    def adam_chunk(c, P, CH, R, U, I, C):
+        j, z = CH[c, 0], U[0, 0]
+        r = R[j]
+        x, g, m, v = piece(P, CH, c, 0, z), piece(P, CH, c, 1, z), piece(P, CH, c, 2, z), piece(P, CH, c, 3, z)
         b1, omb1, b2, omb2, bc1, bc2 = U[r, 0], U[r, 1], U[r, 2], U[r, 3], U[r, 4], U[r, 5]
         eps, eta, lam, wd, clip = U[r, 6], U[r, 7], U[r, 8], U[r, 9], C[j]
         has_clip, has_wd, mode = I[r, 0] != 0, I[r, 1] != 0, I[r, 2]
-        for i in range(lo, hi):
+        for i in range(x.size):
             xi = x[i]
             gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
             mi = b1 * m[i] + omb1 * gi
@@ -118,13 +165,13 @@ def _build() -> dict[str, Callable]:
             x[i] = xi - d
 
     @inline
-    def momentum_chunk(c, P, N, CH, R, U, I, C):
-        j, lo, hi = CH[c, 0], CH[c, 1], CH[c, 2]
-        r, z = R[j], U[0, 0]
-        x, g, v = arr(P, N, j, 0, z), arr(P, N, j, 1, z), arr(P, N, j, 2, z)
+    def momentum_chunk(c, P, CH, R, U, I, C):
+        j, z = CH[c, 0], U[0, 0]
+        r = R[j]
+        x, g, v = piece(P, CH, c, 0, z), piece(P, CH, c, 1, z), piece(P, CH, c, 2, z)
         rho, eta, wd, clip = U[r, 0], U[r, 1], U[r, 2], C[j]
         has_clip, has_wd = I[r, 0] != 0, I[r, 1] != 0
-        for i in range(lo, hi):
+        for i in range(x.size):
             xi = x[i]
             gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
             vi = rho * v[i] + eta * gi
@@ -132,13 +179,13 @@ def _build() -> dict[str, Callable]:
             x[i] = xi - vi
 
     @inline
-    def lion_chunk(c, P, N, CH, R, U, I, C):
-        j, lo, hi = CH[c, 0], CH[c, 1], CH[c, 2]
-        r, z = R[j], U[0, 0]
-        x, g, s = arr(P, N, j, 0, z), arr(P, N, j, 1, z), arr(P, N, j, 2, z)
+    def lion_chunk(c, P, CH, R, U, I, C):
+        j, z = CH[c, 0], U[0, 0]
+        r = R[j]
+        x, g, s = piece(P, CH, c, 0, z), piece(P, CH, c, 1, z), piece(P, CH, c, 2, z)
         b1, b2, omb2, b2mb1, eta, wd, clip = U[r, 0], U[r, 1], U[r, 2], U[r, 3], U[r, 4], U[r, 5], C[j]
         has_clip, has_wd = I[r, 0] != 0, I[r, 1] != 0
-        for i in range(lo, hi):
+        for i in range(x.size):
             xi = x[i]
             gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
             si = b2 * gi + omb2 * s[i]
@@ -153,43 +200,27 @@ def _build() -> dict[str, Callable]:
                 d = eta * c_
             x[i] = xi - d
 
-    par = numba.njit(parallel=True, fastmath=False, cache=True, nogil=True)
-    ser = numba.njit(fastmath=False, cache=True, nogil=True)
+    # error_model="numpy": x/0 is IEEE inf/NaN as in NumPy and torch (numba's default raises
+    # ZeroDivisionError mid-update, and its check per division stops vectorisation, ~10x).
+    # nogil: the pieces of one call run on several Python threads at once (see `_run`).
+    jit = numba.njit(fastmath=False, cache=True, nogil=True, error_model="numpy")
 
-    # one serial and one parallel driver per rule, spelled out: numba's on-disk cache keys
-    # functions by name and line, so closures made by a factory would collide there
-    @ser
-    def adam_s(P, N, CH, R, U, I, C):
+    @jit
+    def adam(P, CH, R, U, I, C):
         for c in range(CH.shape[0]):
-            adam_chunk(c, P, N, CH, R, U, I, C)
+            adam_chunk(c, P, CH, R, U, I, C)
 
-    @par
-    def adam_p(P, N, CH, R, U, I, C):
-        for c in numba.prange(CH.shape[0]):
-            adam_chunk(c, P, N, CH, R, U, I, C)
-
-    @ser
-    def momentum_s(P, N, CH, R, U, I, C):
+    @jit
+    def momentum(P, CH, R, U, I, C):
         for c in range(CH.shape[0]):
-            momentum_chunk(c, P, N, CH, R, U, I, C)
+            momentum_chunk(c, P, CH, R, U, I, C)
 
-    @par
-    def momentum_p(P, N, CH, R, U, I, C):
-        for c in numba.prange(CH.shape[0]):
-            momentum_chunk(c, P, N, CH, R, U, I, C)
-
-    @ser
-    def lion_s(P, N, CH, R, U, I, C):
+    @jit
+    def lion(P, CH, R, U, I, C):
         for c in range(CH.shape[0]):
-            lion_chunk(c, P, N, CH, R, U, I, C)
+            lion_chunk(c, P, CH, R, U, I, C)
 
-    @par
-    def lion_p(P, N, CH, R, U, I, C):
-        for c in numba.prange(CH.shape[0]):
-            lion_chunk(c, P, N, CH, R, U, I, C)
-
-    return {"adam": (adam_s, adam_p), "momentum": (momentum_s, momentum_p), "lion": (lion_s, lion_p),
-            "addr3": addr3, "addr4": addr4}
+    return {"adam": adam, "momentum": momentum, "lion": lion, "addr3": addr3, "addr4": addr4}
 
 
 # ------------------------------------------------------------------------- rule analysis
@@ -399,8 +430,8 @@ def run_numba(recipes, states, xs, gs, ks, xp, mem: Memory, inplace: bool):
         P = np.array([it[1] for it in items], dtype=np.uint64).view(np.int64)
         N = np.array([it[2] for it in items], dtype=np.int64)
         C = np.array([it[3] for it in items], dtype=f)
-        k = ks[kind][int(N.sum()) >= PARALLEL_MIN]
-        k(P, N, _chunks(N), R, np.array(U, dtype=f), np.array(I, dtype=np.int64), C)
+        _run(ks[kind], P, _chunks(N), R, np.array(U, dtype=f), np.array(I, dtype=np.int64), C,
+             parallel=int(N.sum()) >= PARALLEL_MIN)
     return out
 
 
