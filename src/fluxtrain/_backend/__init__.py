@@ -20,7 +20,7 @@ from .._errors import DomainError
 __all__ = [
     "namespace", "asarrays", "backend_name", "is_numpy", "is_torch", "is_jax",
     "is_array", "is_writeable", "put", "float_dtype", "eps_for", "is_float_dtype",
-    "is_eager", "check_domain", "to_numpy", "device_of",
+    "is_eager", "check_domain", "to_numpy", "device_of", "placement",
 ]
 
 
@@ -169,3 +169,25 @@ def to_numpy(x: Any) -> np.ndarray:
 
 def device_of(x: Any):
     return aac.device(x)
+
+
+def placement(x: Any) -> Any:
+    """A cheap hashable token of where ``x`` lives, for grouping many arrays per step.
+
+    Arrays with equal tokens are on the same device; unequal tokens may still be (compare
+    :func:`device_of` then). None where it cannot be read (JAX tracers). Much cheaper than
+    ``device_of`` (torch's ``.device`` builds an object, ~0.5 µs; JAX's walks the sharding,
+    ~2 µs), which matters at thousands of arrays per step.
+    """
+    if type(x) is np.ndarray:
+        return "cpu"
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return "cpu" if x.is_cpu else x.device
+    try:
+        return x.sharding  # JAX
+    except AttributeError:
+        try:
+            return x.device
+        except Exception:  # noqa: BLE001  (tracers)
+            return None

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import is_array, is_writeable, namespace, put
+from .._backend import device_of, is_array, is_writeable, namespace, placement, put
 from .._backend import fast
 from .._errors import ArgumentError, DimensionMismatch
 from .base import Masked, Replace, Rule
@@ -156,26 +156,26 @@ def _update(state, model, grad, pure):
         # -- phase 2: sum tied gradients, compute (nothing mutated yet). Tied arrays share
         # one Leaf; under jax.jit that Leaf comes back as copies carrying the same `tie` id.
         groups: dict[tuple, list] = {}
-        for leaf, x, g, path in entries:
+        for leaf, x, g, path, where in entries:
             if leaf.frozen:
                 continue
             key = ("tie", leaf.tie) if leaf.tie is not None else ("id", id(leaf))
             e = groups.get(key)
             if e is None:
-                groups[key] = [leaf, x, g, {id(leaf): leaf}, {id(x): x}]
+                groups[key] = [leaf, x, g, {id(leaf): leaf}, {id(x): x}, where]
             else:
                 e[2] = e[2] + g
                 e[3][id(leaf)] = leaf
                 e[4][id(x)] = x
         work = list(groups.values())
-        results = _apply_all([(w[0].rule, w[0].state, w[1], w[2]) for w in work], inplace=not pure)
+        results = _apply_all([(w[0].rule, w[0].state, w[1], w[2], w[5]) for w in work], inplace=not pure)
         # -- phase 3: commit
         if pure:
             memo: dict[int, Leaf] = {}
             state = _copy_state(state, memo)
         newvals: dict[int, Any] = {}
         writeable: dict[type, bool] = {}  # NumPy arrays can be read-only: asked per array
-        for (leaf, x, _, leaves_, xs), (st, delta) in zip(work, results):
+        for (leaf, x, _, leaves_, xs, _), (st, delta) in zip(work, results):
             if not pure and len(leaves_) == 1:
                 targets = (leaf,)  # the common untied case, without the list building
             else:
@@ -225,10 +225,11 @@ def _new_value(x, delta):
 
 
 def _apply_all(items: list, inplace: bool) -> list:
-    """Group ``(rule, state, x, g)`` items and run each group through :func:`apply_group`."""
+    """Group ``(rule, state, x, g, placement)`` items and run each group through
+    :func:`apply_group`."""
     groups: dict[tuple, list[int]] = {}
-    for i, (rule, _, x, _) in enumerate(items):
-        key = (type(rule), type(x), x.dtype, _device(x))
+    for i, (rule, _, x, _, where) in enumerate(items):
+        key = (type(rule), type(x), x.dtype, where)
         groups.setdefault(key, []).append(i)
     out: list = [None] * len(items)
     for key, idx in groups.items():
@@ -278,7 +279,8 @@ def _collect(s, x, g, path, out):
             g = x.grad
             if g is None:
                 return
-        out.append((s, x, _check_grad(x, g, path), path))
+        g, where = _check_grad(x, g, path)
+        out.append((s, x, g, path, where))
         return
     if s is None:
         return  # not trainable: any gradient is ignored (as Optimisers does)
@@ -356,6 +358,7 @@ def _is_array(x) -> bool:
 
 
 def _check_grad(x, g, path):
+    """``(g, placement of x)`` after checking g against x; g converted to x's dtype."""
     tg, tx = type(g), type(x)
     if not _is_array(g):
         raise _err(path, f"expected a gradient array of shape {tuple(x.shape)}, got {tg.__name__}")
@@ -371,19 +374,13 @@ def _check_grad(x, g, path):
                             f"the parameter's {x.dtype}")
         g = xp.astype(g, x.dtype)
     if tx is np.ndarray and type(g) is np.ndarray:
-        return g  # NumPy arrays all live on the CPU
-    dx, dg = _device(x), _device(g)
-    if dx is not None and dg is not None and dx != dg:
-        raise ValueError(f"at `{format_path(path)}`: the gradient is on {dg}, the parameter on {dx}")
-    return g
-
-
-def _device(x):
-    """The array's device, or None where it cannot be read (JAX tracers)."""
-    try:
-        return x.device
-    except Exception:  # noqa: BLE001
-        return None
+        return g, "cpu"  # NumPy arrays all live on the CPU
+    wx, wg = placement(x), placement(g)
+    if wx != wg and wx is not None and wg is not None:
+        dx, dg = device_of(x), device_of(g)
+        if dx != dg:
+            raise ValueError(f"at `{format_path(path)}`: the gradient is on {dg}, the parameter on {dx}")
+    return g, wx
 
 
 def _same_lib(x, g):
