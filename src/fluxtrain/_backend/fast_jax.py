@@ -185,7 +185,8 @@ class _Plan:
 
     def __init__(self, spec: _Spec, treedef, idx: tuple, leaves: list, inplace: bool) -> None:
         self.spec, self.treedef, self.inplace = spec, treedef, inplace
-        states_td, xs_td, _ = treedef.children()
+        self.key: tuple | None = None  # set by _plan
+        states_td = treedef.children()[0]
         self.state_tds = tuple(states_td.children())
         k = len(self.state_tds)
         bounds = [0]
