@@ -266,3 +266,25 @@ def test_tracers_fall_back():
         return x
 
     f(x, x)
+
+
+def test_plan_reuse_checks_identities():
+    """The last plan is reused only while the same leaves are the same objects: a step
+    whose gradients alias each other or a parameter must not reuse a plan that donates."""
+    m1, m2 = _model([(4,), (4,), (4,)]), _model([(4,), (4,), (4,)])
+    s1, s2 = ft.setup(ft.Adam(0.05), m1), ft.setup(ft.Adam(0.05), m2)
+    grads = _grads(m1, 4)
+
+    def both(g1, g2):
+        nonlocal s1, m1, s2, m2
+        s1, m1 = ft.update_(s1, m1, g1)
+        with fast.disabled():
+            s2, m2 = ft.update_(s2, m2, g2)
+
+    both(grads[0], grads[0])
+    both(grads[1], grads[1])  # the cached plan
+    one = grads[2]["p0"]
+    both({"p0": one, "p1": one, "p2": m1["p2"]}, {"p0": one, "p1": one, "p2": m2["p2"]})
+    assert not one.is_deleted()
+    both(grads[3], grads[3])
+    _same((s1, m1), (s2, m2))
