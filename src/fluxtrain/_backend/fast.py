@@ -22,8 +22,9 @@ and, per group, calls::
 * ``xs``: the parameter arrays; ``gs``: gradients, already summed over tied arrays,
   checked for shape and converted to ``x.dtype``;
 * ``inplace``: True from ``update_`` — the kernel MAY then write the new state into the
-  state arrays and the new parameter into ``x`` (return ``delta = Replace(x)``, see
-  :mod:`fluxtrain.optimise.base`), but must validate everything before mutating anything.
+  state arrays and the new parameter into ``x`` (and return ``delta = None``: nothing left
+  to do; ``Replace(x)`` also works, see :mod:`fluxtrain.optimise.base`), but must validate
+  everything before mutating anything.
   False from ``update`` (and always for JAX): inputs must not be mutated.
 * returns one ``(new_state, delta)`` per array, exactly what ``rule.apply`` would return
   (``delta`` an array to subtract, ``None``, ``Masked`` or ``Replace``), or

@@ -408,7 +408,8 @@ def run_numba(recipes, states, xs, gs, ks, xp, mem: Memory, inplace: bool):
             key = (id(sc), has_clip)
             new_inner = arrs[1]
         kinds.setdefault(kind, []).append((j, ptrs, size(x), scale, key, sc, has_clip, wd, has_wd))
-        out[j] = (new_inner if st is inner else tuple(st[:-1]) + (new_inner,), Replace(arrs[0]))
+        # delta None: written in place; Replace: the updated copy (pure update)
+        out[j] = (new_inner if st is inner else tuple(st[:-1]) + (new_inner,), None if inplace else Replace(arrs[0]))
     # phase 2: compute (nothing can fail any more)
     for kind, items in kinds.items():
         rows: dict[tuple, int] = {}

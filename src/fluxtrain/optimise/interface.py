@@ -155,31 +155,35 @@ def _update(state, model, grad, pure):
         _collect(state, model, grad, (), entries)
         # -- phase 2: sum tied gradients, compute (nothing mutated yet). Tied arrays share
         # one Leaf; under jax.jit that Leaf comes back as copies carrying the same `tie` id.
-        groups: dict[tuple, list] = {}
+        groups: dict[int, list] = {}
         for leaf, x, g, path, where in entries:
             if leaf.frozen:
                 continue
-            key = ("tie", leaf.tie) if leaf.tie is not None else ("id", id(leaf))
+            key = -leaf.tie if leaf.tie is not None else id(leaf)  # tie ids are positive
             e = groups.get(key)
             if e is None:
-                groups[key] = [leaf, x, g, {id(leaf): leaf}, {id(x): x}, where]
+                groups[key] = [leaf, x, g, where, None]  # [4]: every Leaf and array, once tied
             else:
                 e[2] = e[2] + g
-                e[3][id(leaf)] = leaf
-                e[4][id(x)] = x
+                if e[4] is None:
+                    e[4] = ({id(e[0]): e[0]}, {id(e[1]): e[1]})
+                e[4][0][id(leaf)] = leaf
+                e[4][1][id(x)] = x
         work = list(groups.values())
-        results = _apply_all([(w[0].rule, w[0].state, w[1], w[2], w[5]) for w in work], inplace=not pure)
+        results = _apply_all([(w[0].rule, w[0].state, w[1], w[2], w[3]) for w in work], inplace=not pure)
         # -- phase 3: commit
         if pure:
             memo: dict[int, Leaf] = {}
             state = _copy_state(state, memo)
         newvals: dict[int, Any] = {}
         writeable: dict[type, bool] = {}  # NumPy arrays can be read-only: asked per array
-        for (leaf, x, _, leaves_, xs, _), (st, delta) in zip(work, results):
-            if not pure and len(leaves_) == 1:
-                targets = (leaf,)  # the common untied case, without the list building
+        for (leaf, x, _, _, tied), (st, delta) in zip(work, results):
+            if tied is None:
+                targets = (memo[id(leaf)] if pure else leaf,)
+                xs = (x,)
             else:
-                targets = [memo[i] if pure else l for i, l in leaves_.items()]
+                targets = [memo[i] if pure else l for i, l in tied[0].items()]
+                xs = tuple(tied[1].values())
             for t in targets:
                 t.state = st
             if delta is None:
@@ -187,8 +191,8 @@ def _update(state, model, grad, pure):
             new = _new_value(x, delta)
             if new is None:
                 continue
-            if write_model and all(_writeable(y, writeable) for y in xs.values()):
-                for y in xs.values():
+            if write_model and all(_writeable(y, writeable) for y in xs):
+                for y in xs:
                     put(y, new)
             else:
                 for t in targets:
