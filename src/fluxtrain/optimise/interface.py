@@ -272,7 +272,7 @@ def _collect(s, x, g, path, out):
     if g is None:
         return
     if isinstance(s, Leaf):
-        if not _is_array(x) or isinstance(x, np.generic):
+        if type(x) not in _ARRAY_TYPES and (not _is_array(x) or isinstance(x, np.generic)):
             raise _err(path, f"the state has a Leaf but the model has {type(x).__name__}; "
                              "the model's structure changed since setup")
         if g is _DOT:
@@ -348,6 +348,8 @@ def _from_mapping(g, keys, path, svals):
 # array types already seen to pass `is_array` (a per-type fact for the supported
 # libraries); a hit skips array-api-compat's chain of isinstance checks per leaf
 _ARRAY_TYPES: set = set()
+# pairs of (parameter type, gradient type) of one library, seen to pass the checks
+_SAME_LIB: set = set()
 
 
 def _is_array(x) -> bool:
@@ -364,11 +366,14 @@ def _is_array(x) -> bool:
 def _check_grad(x, g, path):
     """``(g, placement of x)`` after checking g against x; g converted to x's dtype."""
     tg, tx = type(g), type(x)
-    if not _is_array(g):
-        raise _err(path, f"expected a gradient array of shape {tuple(x.shape)}, got {tg.__name__}")
-    if tg is not tx and tg.__module__.split(".")[0] != tx.__module__.split(".")[0] and not _same_lib(x, g):
-        raise TypeError(f"at `{format_path(path)}`: the gradient is a {tg.__module__}.{tg.__name__} "
-                        f"but the parameter is a {tx.__module__}.{tx.__name__}; use one array library")
+    if tg is not tx and (tx, tg) not in _SAME_LIB:  # else: x is known to be an array, so is g
+        if not _is_array(g):
+            raise _err(path, f"expected a gradient array of shape {tuple(x.shape)}, got {tg.__name__}")
+        if tg.__module__.split(".")[0] != tx.__module__.split(".")[0] and not _same_lib(x, g):
+            raise TypeError(f"at `{format_path(path)}`: the gradient is a {tg.__module__}.{tg.__name__} "
+                            f"but the parameter is a {tx.__module__}.{tx.__name__}; use one array library")
+        if tx in _ARRAY_TYPES and tg in _ARRAY_TYPES:
+            _SAME_LIB.add((tx, tg))  # e.g. (torch.nn.Parameter, torch.Tensor)
     if g.shape != x.shape and tuple(g.shape) != tuple(x.shape):
         raise _err(path, f"the gradient has shape {tuple(g.shape)}, the parameter {tuple(x.shape)}")
     if g.dtype != x.dtype:
