@@ -179,11 +179,20 @@ def placement(x: Any) -> Any:
     ``device_of`` (torch's ``.device`` builds an object, ~0.5 µs; JAX's walks the sharding,
     ~2 µs), which matters at thousands of arrays per step.
     """
-    if type(x) is np.ndarray:
-        return "cpu"
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return "cpu" if x.is_cpu else x.device
+    f = _PLACEMENT.get(type(x))
+    if f is None:
+        f = _placement_for(x)
+    return f(x)
+
+
+_PLACEMENT: dict[type, Any] = {np.ndarray: lambda x: "cpu"}
+
+
+def _torch_placement(x: Any) -> Any:
+    return "cpu" if x.is_cpu else x.device
+
+
+def _other_placement(x: Any) -> Any:
     try:
         return x.sharding  # JAX
     except AttributeError:
@@ -191,3 +200,15 @@ def placement(x: Any) -> Any:
             return x.device
         except Exception:  # noqa: BLE001  (tracers)
             return None
+
+
+def _placement_for(x: Any):
+    """The placement reader for ``type(x)``, remembered for array types."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        f = _torch_placement
+    else:
+        f = _other_placement
+    if is_array(x):
+        _PLACEMENT[type(x)] = f
+    return f
