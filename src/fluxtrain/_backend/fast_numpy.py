@@ -353,31 +353,66 @@ def _chunks(sizes: np.ndarray) -> np.ndarray:
     return np.stack([j, lo, np.minimum(lo + CHUNK, sizes[j])], axis=1)
 
 
+class _Batch:
+    """One kernel call's tables, filled array by array: addresses, sizes, clip scales, and
+    per array the index of its row of scalars (distinct rows are few: one per rule, or per
+    rule and beta^t value)."""
+
+    __slots__ = ("ptrs", "sizes", "scales", "rows", "index", "U", "I")
+
+    def __init__(self) -> None:
+        self.ptrs: list = []
+        self.sizes: list = []
+        self.scales: list = []
+        self.rows: list = []
+        self.index: dict = {}
+        self.U: list = []
+        self.I: list = []
+
+    def row(self, key, make) -> int:
+        r = self.index.get(key)
+        if r is None:
+            u, flags = make()
+            r = self.index[key] = len(self.U)
+            self.U.append(u)
+            self.I.append(flags)
+        return r
+
+
 def run_numba(recipes, states, xs, gs, ks, xp, mem: Memory, inplace: bool):
     """Shared by NumPy and CPU torch: validate everything, then one kernel call per kind of
     rule in the group (not one per array: the per-call cost is what limits many small arrays).
 
-    The kernels get the arrays' addresses (``mem.addr``), their sizes, and per array an index
-    into a table of distinct scalar rows. With ``inplace`` the parameters and state arrays
-    are written in place; otherwise copies are updated and nothing passed in is modified.
+    The kernels get the arrays' addresses (``mem.addrs``), and per array its size, clip scale
+    and the index of its row in a table of distinct scalar rows. With ``inplace`` the
+    parameters and state arrays are written in place; otherwise copies are updated and
+    nothing passed in is modified.
     """
     from ..optimise.base import Replace
     f = recipes[0][1]["f"]
+    one = f(1)
     dense, addrs, size, copy = mem
-    kinds: dict[str, list] = {}
+    batches: dict[str, _Batch] = {}
     out: list = [None] * len(xs)
     bt_val: dict[int, float] = {}
     new_bt: dict[tuple, Any] = {}
     # phase 1: everything that can fail (norm checks, addresses), before any write
-    for j, ((kind, sc, inner, clip, wd, has_wd), st, x, g) in enumerate(zip(recipes, states, xs, gs)):
-        arrs = [x, inner[0], inner[1]] if kind == "adam" else [x, inner]
+    for j, (kind, sc, inner, clip, wd, has_wd) in enumerate(recipes):
+        x, g = xs[j], gs[j]
         shape, dtype = x.shape, x.dtype
-        for a in arrs[1:]:
-            if getattr(a, "shape", None) != shape or a.dtype != dtype:
-                return NotImplemented
-        scale = f(1)
-        if clip is not None:
-            scale = f(float(clip_scale(clip, x, g, xp)))
+        try:
+            if kind == "adam":
+                arrs = [x, inner[0], inner[1]]
+                if arrs[1].shape != shape or arrs[2].shape != shape or arrs[1].dtype != dtype or arrs[2].dtype != dtype:
+                    return NotImplemented
+            else:
+                arrs = [x, inner]
+                if inner.shape != shape or inner.dtype != dtype:
+                    return NotImplemented
+        except AttributeError:  # a state entry that is not an array
+            return NotImplemented
+        has_clip = clip is not None
+        scale = f(float(clip_scale(clip, x, g, xp))) if has_clip else one
         if not inplace:
             arrs = [copy(a) for a in arrs]
         if not dense(g):
@@ -385,7 +420,9 @@ def run_numba(recipes, states, xs, gs, ks, xp, mem: Memory, inplace: bool):
         ptrs = addrs(arrs, g)
         if ptrs is None:
             return NotImplemented
-        has_clip = clip is not None
+        b = batches.get(kind)
+        if b is None:
+            b = batches[kind] = _Batch()
         if kind == "adam":
             bt = inner[2]
             p1, p2 = bt_val.get(id(bt[0])), bt_val.get(id(bt[1]))
@@ -393,7 +430,9 @@ def run_numba(recipes, states, xs, gs, ks, xp, mem: Memory, inplace: bool):
                 p1 = bt_val[id(bt[0])] = float(bt[0])
             if p2 is None:
                 p2 = bt_val[id(bt[1])] = float(bt[1])
-            key = (id(sc), has_clip, p1, p2)
+            r = b.row((id(sc), has_clip, p1, p2), lambda: (
+                sc["pre"] + (one - f(p1), one - f(p2)) + sc["post"][:3] + (wd,),
+                (has_clip, has_wd, sc["post"][3])))
             # the running products advance exactly as in the generic rule (bt * T(beta));
             # arrays with equal values share the result (never mutated in place)
             k1, k2 = (p1, sc["pyb1"], type(bt[0])), (p2, sc["pyb2"], type(bt[1]))
@@ -405,34 +444,21 @@ def run_numba(recipes, states, xs, gs, ks, xp, mem: Memory, inplace: bool):
                 n2 = new_bt[k2] = bt[1] * sc["pyb2"]
             new_inner = (arrs[1], arrs[2], (n1, n2))
         else:
-            key = (id(sc), has_clip)
+            r = b.row((id(sc), has_clip), lambda: (sc["post"] + (wd,), (has_clip, has_wd, 0)))
             new_inner = arrs[1]
-        kinds.setdefault(kind, []).append((j, ptrs, size(x), scale, key, sc, has_clip, wd, has_wd))
+        b.ptrs.extend(ptrs)
+        b.sizes.append(size(x))
+        b.scales.append(scale)
+        b.rows.append(r)
+        st = states[j]
         # delta None: written in place; Replace: the updated copy (pure update)
         out[j] = (new_inner if st is inner else tuple(st[:-1]) + (new_inner,), None if inplace else Replace(arrs[0]))
     # phase 2: compute (nothing can fail any more)
-    for kind, items in kinds.items():
-        rows: dict[tuple, int] = {}
-        U, I = [], []
-        R = np.empty(len(items), np.int64)
-        for n, (_, _, _, _, key, sc, has_clip, wd, has_wd) in enumerate(items):
-            r = rows.get(key)
-            if r is None:
-                r = rows[key] = len(U)
-                if kind == "adam":
-                    b1, omb1, b2, omb2 = sc["pre"]
-                    eps, eta, lam, mode = sc["post"]
-                    U.append((b1, omb1, b2, omb2, f(1) - f(key[2]), f(1) - f(key[3]), eps, eta, lam, wd))
-                else:
-                    mode = 0
-                    U.append(sc["post"] + (wd,))
-                I.append((has_clip, has_wd, mode))
-            R[n] = r
-        P = np.array([it[1] for it in items], dtype=np.uint64).view(np.int64)
-        N = np.array([it[2] for it in items], dtype=np.int64)
-        C = np.array([it[3] for it in items], dtype=f)
-        _run(ks[kind], P, _chunks(N), R, np.array(U, dtype=f), np.array(I, dtype=np.int64), C,
-             parallel=int(N.sum()) >= PARALLEL_MIN)
+    for kind, b in batches.items():
+        N = np.array(b.sizes, dtype=np.int64)
+        P = np.array(b.ptrs, dtype=np.uint64).view(np.int64).reshape(len(N), -1)
+        _run(ks[kind], P, _chunks(N), np.array(b.rows, dtype=np.int64), np.array(b.U, dtype=f),
+             np.array(b.I, dtype=np.int64), np.array(b.scales, dtype=f), parallel=int(N.sum()) >= PARALLEL_MIN)
     return out
 
 
