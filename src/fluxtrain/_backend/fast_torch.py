@@ -146,40 +146,59 @@ def _adam_fused(rules, states, xs, gs, inplace):
     from ..optimise.base import _caster_for
     if not _supported(xs):
         return NotImplemented
-    T = _caster_for(str(xs[0].dtype).replace("torch.", ""))
-    f = _np_type(xs[0].dtype)
-    pairs = fast_numpy.per_rule(rules, states, lambda rule: _adam_info(rule, T), lambda info: info[0])
-    if pairs is None:
-        return NotImplemented
-    infos, inners = [], []
-    for info, inner in pairs:
+    x0 = xs[0]
+    dtype, cpu = x0.dtype, x0.is_cpu
+    dev = x0.device
+    T = _caster_for(str(dtype).replace("torch.", ""))
+    f = _np_type(dtype)
+    Tensor = torch.Tensor
+    n = len(xs)
+    # -- pass 1: analyse each distinct rule once, check every state (nothing written yet)
+    analysed: dict[int, Any] = {}
+    infos: list = [None] * n
+    ms: list = [None] * n
+    vs: list = [None] * n
+    bt1: list = [None] * n
+    bt2: list = [None] * n
+    uniq: dict[int, Any] = {}
+    for i in range(n):
+        rule = rules[i]
+        info = analysed.get(id(rule), False)
+        if info is False:
+            info = analysed[id(rule)] = _adam_info(rule, T)
+        if info is None:
+            return NotImplemented
+        st = states[i]
+        inner = st if info[0] else (st[-1] if isinstance(st, tuple) and st else None)
         if not (isinstance(inner, tuple) and len(inner) == 3 and isinstance(inner[2], tuple) and len(inner[2]) == 2):
             return NotImplemented
-        infos.append(info)
-        inners.append(inner)
-    ms = [s[0] for s in inners]
-    vs = [s[1] for s in inners]
-    if not (_same_tensors(xs, ms) and _same_tensors(xs, vs)):
-        return NotImplemented
-    bt1 = [s[2][0] for s in inners]
-    bt2 = [s[2][1] for s in inners]
-    dtype, dev = xs[0].dtype, xs[0].device
-    uniq: dict[int, Any] = {}
-    for b in bt1 + bt2:
-        if id(b) not in uniq:
-            if not (isinstance(b, torch.Tensor) and b.dtype == dtype and b.numel() == 1):
+        m, v, (b1t, b2t) = inner
+        shape = xs[i].shape
+        # moments: tensors like x, on the group's device (`is_cpu` is ~7x cheaper than `.device`)
+        if not (isinstance(m, Tensor) and isinstance(v, Tensor) and m.dtype == dtype and v.dtype == dtype
+                and m.shape == shape and v.shape == shape):
+            return NotImplemented
+        if cpu:
+            if not (m.is_cpu and v.is_cpu):
                 return NotImplemented
-            uniq[id(b)] = b
+        elif m.device != dev or v.device != dev:
+            return NotImplemented
+        for bt in (b1t, b2t):
+            if id(bt) not in uniq:
+                if not (isinstance(bt, Tensor) and bt.dtype == dtype and bt.numel() == 1):
+                    return NotImplemented
+                uniq[id(bt)] = bt
+        infos[i], ms[i], vs[i], bt1[i], bt2[i] = info, m, v, b1t, b2t
     # the beta^t values (after the first step, Leafs with equal values share one tensor)
     if len(uniq) <= 8:
         val = {k: b.item() for k, b in uniq.items()}
     else:
         val = dict(zip(uniq, torch.stack([b.reshape(()) for b in uniq.values()]).tolist()))
 
-    # -- everything that can fail, before any write: ClipNorm's norms (one multi-tensor
+    # -- everything else that can fail, before any write: ClipNorm's norms (one multi-tensor
     # call; this path agrees to rounding anyway). A non-finite norm with throw=True goes to
     # the generic path, which raises its DomainError before anything is modified.
-    scales: list = [None] * len(xs)
+    grads = gs
     clip_idx = [i for i, info in enumerate(infos) if info[1] is not None]
     if clip_idx:
         norms = torch.stack(torch._foreach_norm([gs[i] for i in clip_idx]))
@@ -188,58 +207,53 @@ def _adam_fused(rules, states, xs, gs, inplace):
             return NotImplemented
         omega = torch.tensor([T(infos[i][1].omega) for i in clip_idx], dtype=dtype, device=dev)
         lam = torch.clamp(omega / norms, max=1.0)
-        for i, sc in zip(clip_idx, lam.unbind()):
-            scales[i] = sc
-
+        grads = list(gs)
+        for i, g in zip(clip_idx, torch._foreach_mul([gs[i] for i in clip_idx], list(lam.unbind()))):
+            grads[i] = g
     if not inplace:
         xs = [_copy(x) for x in xs]
         ms = [_copy(m) for m in ms]
         vs = [_copy(v) for v in vs]
-    grads = list(gs)
-    if clip_idx:
-        scaled = torch._foreach_mul([gs[i] for i in clip_idx], [scales[i] for i in clip_idx])
-        for i, g in zip(clip_idx, scaled):
-            grads[i] = g
 
-    # -- group by everything the fused call takes as a scalar
+    # -- pass 2: group by everything the fused call takes as a scalar; the new states
     groups: dict[tuple, list[int]] = {}
-    for i, info in enumerate(infos):
-        key = info[2:] + (val[id(bt1[i])], val[id(bt2[i])])
-        groups.setdefault(key, []).append(i)
-    step = _huge_step(dev)
     new_bt: dict[tuple, Any] = {}
-    nb1: list = [None] * len(xs)
-    nb2: list = [None] * len(xs)
+    out: list = [None] * n
+    for i in range(n):
+        info = infos[i]
+        p1, p2 = val[id(bt1[i])], val[id(bt2[i])]
+        groups.setdefault(info[2:] + (p1, p2), []).append(i)
+        # beta^t advances exactly as in the generic rule (bt * T(beta)); arrays with equal
+        # values share the new 0-d tensor (never mutated in place, so sharing is safe)
+        k1, k2 = (p1, info[4]), (p2, info[5])
+        n1 = new_bt.get(k1)
+        if n1 is None:
+            n1 = new_bt[k1] = bt1[i] * info[4]
+        n2 = new_bt.get(k2)
+        if n2 is None:
+            n2 = new_bt[k2] = bt2[i] * info[5]
+        new = (ms[i], vs[i], (n1, n2))
+        out[i] = (new if info[0] else tuple(states[i][:-1]) + (new,),
+                  None if inplace else Replace(xs[i]))  # None: written in place
+    step = _huge_step(dev)
     for (kind, eta, b1, b2, eps, wd, dec, p1, p2), idx in groups.items():
         c1 = float(f(1) - f(p1))
         c2 = float(f(1) - f(p2))
         s2 = math.sqrt(c2)
         lr = eta * s2 / c1
-        args = ([xs[i] for i in idx], [grads[i] for i in idx], [ms[i] for i in idx], [vs[i] for i in idx],
-                [], [step] * len(idx))
+        if len(idx) == n:
+            args = (list(xs), list(grads), ms, vs, [], [step] * n)
+        else:
+            args = ([xs[i] for i in idx], [grads[i] for i in idx], [ms[i] for i in idx], [vs[i] for i in idx],
+                    [], [step] * len(idx))
         if kind == "adam":
             torch._fused_adam_(*args, lr=lr, beta1=b1, beta2=b2, weight_decay=wd, eps=eps * s2,
                                amsgrad=False, maximize=False)
         else:  # torch's AdamW multiplies x by 1 - lr*weight_decay first
             torch._fused_adamw_(*args, lr=lr, beta1=b1, beta2=b2, weight_decay=dec / lr if lr else 0.0,
                                 eps=eps * s2, amsgrad=False, maximize=False)
-        # beta^t advances exactly as in the generic rule (bt * T(beta)); arrays with equal
-        # values share the new 0-d tensor (never mutated in place, so sharing is safe)
-        i0 = idx[0]
-        k1, k2 = (p1, b1), (p2, b2)
-        if k1 not in new_bt:
-            new_bt[k1] = bt1[i0] * b1
-        if k2 not in new_bt:
-            new_bt[k2] = bt2[i0] * b2
-        for i in idx:
-            nb1[i], nb2[i] = new_bt[k1], new_bt[k2]
     if inplace:
         _bump(xs)
-    out = []
-    for i, st in enumerate(states):
-        inner = (ms[i], vs[i], (nb1[i], nb2[i]))
-        new = inner if infos[i][0] else tuple(st[:-1]) + (inner,)
-        out.append((new, None if inplace else Replace(xs[i])))  # None: written in place
     return out
 
 
