@@ -453,3 +453,37 @@ def test_torch_loss_hooks_are_used(monkeypatch):
     assert abs(float(ft.logitbinarycrossentropy(x, y)) - np.log(2)) < 1e-6
     assert calls == ["logitcrossentropy", "logitbinarycrossentropy"]
     assert fast_torch is not None
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+def test_numba_groups_from_several_threads_at_once(monkeypatch):
+    """The kernels' thread pool is shared: concurrent update_ calls (each big enough to be
+    shared out among threads, and cut into many pieces) give the sequential results."""
+    import threading
+    from fluxtrain._backend import fast_numpy
+    monkeypatch.setattr(fast_numpy, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(fast_numpy, "CHUNK", 1000)
+    rng = np.random.default_rng(0)
+    def make():
+        return [rng.standard_normal(n, dtype=np.float32) for n in (5000, 1, 12345, 0, 999)]
+    models = [make() for _ in range(4)]
+    grads = [[rng.standard_normal(x.shape, dtype=np.float32) for x in m] for m in models]
+    refs = [[x.copy() for x in m] for m in models]
+    states = [ft.setup(ft.Adam(0.01), m) for m in models]
+    ref_states = [ft.setup(ft.Adam(0.01), m) for m in refs]
+
+    def work(i):
+        for _ in range(5):
+            ft.update_(states[i], models[i], grads[i])
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with fast.disabled():
+        for i in range(4):
+            for _ in range(5):
+                ft.update_(ref_states[i], refs[i], grads[i])
+    for m, r in zip(models, refs):
+        for a, b in zip(m, r):
+            np.testing.assert_array_equal(a, b)
