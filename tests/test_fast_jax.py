@@ -244,12 +244,14 @@ def test_traced_once(monkeypatch):
     assert traces == ["NAdam"]
 
 
-def test_clipnorm_throw_checks_before_donating():
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_clipnorm_throw_checks_before_donating(bad):
     model = {"a": jnp.ones(3), "b": jnp.ones(2)}
     state = ft.setup(ft.OptimiserChain(ft.ClipNorm(1.0), ft.Adam()), model)
+    state, model = ft.update_(state, model, {"a": jnp.ones(3), "b": jnp.ones(2)})
     old = dict(model)
     with pytest.raises(ft.DomainError):
-        ft.update_(state, model, {"a": jnp.ones(3), "b": jnp.array([1.0, jnp.inf])})
+        ft.update_(state, model, {"a": jnp.ones(3), "b": jnp.array([1.0, bad])})
     assert not any(a.is_deleted() for a in old.values())
     assert all(a is old[k] for k, a in model.items())
 

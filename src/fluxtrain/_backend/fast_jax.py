@@ -108,8 +108,10 @@ def _throws(rule) -> bool:
 
 @jax.jit
 def _all_finite_norms(gs):
-    # any non-finite entry makes every p-norm non-finite (or NaN): a cheap, exact test
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in gs]))
+    # any non-finite entry makes every p-norm non-finite (or NaN). g*0 is NaN exactly at
+    # inf/NaN entries, else ±0, so one fused multiply-sum per array finds them (half the
+    # time of all(isfinite(g)) on XLA:CPU)
+    return jnp.isfinite(sum(jnp.sum(g * 0) for g in gs))
 
 
 # ------------------------------------------------------------------------------ rules
