@@ -272,19 +272,7 @@ def _collect(s, x, g, path, out):
     if g is None:
         return
     if isinstance(s, Leaf):
-        if type(x) not in _ARRAY_TYPES and (not _is_array(x) or isinstance(x, np.generic)):
-            raise _err(path, f"the state has a Leaf but the model has {type(x).__name__}; "
-                             "the model's structure changed since setup")
-        if g is _DOT:
-            if not hasattr(x, "grad"):
-                raise ArgumentError(
-                    f"update_(state, model) without a gradient reads torch's `.grad`, but `{format_path(path)}` "
-                    f"is a {type(x).__module__}.{type(x).__name__}; pass the gradient tree: update_(state, model, grad)")
-            g = x.grad
-            if g is None:
-                return
-        g, where = _check_grad(x, g, path)
-        out.append((s, x, g, path, where))
+        _collect_leaf(s, x, g, path, out)
         return
     if s is None:
         return  # not trainable: any gradient is ignored (as Optimisers does)
@@ -296,7 +284,27 @@ def _collect(s, x, g, path, out):
     svals = _state_for(s, kind, keys, path)
     gvals = _grad_for(g, x, kind, keys, path, svals)
     for k, sv, xv, gv in zip(keys, svals, vals, gvals):
-        _collect(sv, xv, gv, path + (k,), out)
+        if type(sv) is Leaf:  # the common case, one call less per array
+            if gv is not None:
+                _collect_leaf(sv, xv, gv, path + (k,), out)
+        else:
+            _collect(sv, xv, gv, path + (k,), out)
+
+
+def _collect_leaf(s, x, g, path, out):
+    if type(x) not in _ARRAY_TYPES and (not _is_array(x) or isinstance(x, np.generic)):
+        raise _err(path, f"the state has a Leaf but the model has {type(x).__name__}; "
+                         "the model's structure changed since setup")
+    if g is _DOT:
+        g = getattr(x, "grad", _DOT)
+        if g is _DOT:
+            raise ArgumentError(
+                f"update_(state, model) without a gradient reads torch's `.grad`, but `{format_path(path)}` "
+                f"is a {type(x).__module__}.{type(x).__name__}; pass the gradient tree: update_(state, model, grad)")
+        if g is None:
+            return
+    g, where = _check_grad(x, g, path)
+    out.append((s, x, g, path, where))
 
 
 def _state_for(s, kind, keys, path):
