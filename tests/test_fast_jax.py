@@ -256,6 +256,34 @@ def test_clipnorm_throw_checks_before_donating(bad):
     assert all(a is old[k] for k, a in model.items())
 
 
+@pytest.mark.parametrize("case", ["overflowing-norm", "late-clip", "p1-norm"])
+def test_clipnorm_throw_sees_the_norm_the_rule_computes(case):
+    """Finite gradients whose 2-norm overflows float32, a ClipNorm(throw) that sees an
+    intermediate value (after WeightDecay), and other p: the same DomainError as the generic
+    path, with the model and state intact (nothing donated)."""
+    big = np.float32(3e19)  # finite, but big*big overflows float32
+    if case == "overflowing-norm":
+        rule, bad = ft.OptimiserChain(ft.ClipNorm(1.0), ft.Adam()), jnp.array([1.0, big], jnp.float32)
+    elif case == "late-clip":
+        rule, bad = ft.OptimiserChain(ft.WeightDecay(0.0), ft.ClipNorm(1.0), ft.Adam()), jnp.array([1.0, big], jnp.float32)
+    else:
+        rule, bad = ft.OptimiserChain(ft.ClipNorm(1.0, 1.0), ft.Adam()), jnp.array([3e38, 3e38], jnp.float32)
+    model = {"a": jnp.ones(3, jnp.float32), "b": jnp.ones(2, jnp.float32)}
+    state = ft.setup(rule, model)
+    state, model = ft.update_(state, model, {"a": jnp.ones(3, jnp.float32), "b": jnp.ones(2, jnp.float32)})
+    old = dict(model)
+    with pytest.raises(ft.DomainError, match="norm"):
+        ft.update_(state, model, {"a": jnp.ones(3, jnp.float32), "b": bad})
+    assert not any(a.is_deleted() for a in old.values())
+    assert all(a is old[k] for k, a in model.items())
+    # and the finite case still takes the fast path
+    from fluxtrain._backend import fast_jax
+    g = {"a": jnp.ones(3, jnp.float32), "b": jnp.ones(2, jnp.float32)}
+    res = fast_jax._update_jax([state[k].rule for k in ("a", "b")], [state[k].state for k in ("a", "b")],
+                               [model[k] for k in ("a", "b")], [g[k] for k in ("a", "b")], inplace=False)
+    assert (res is NotImplemented) == (case == "late-clip")
+
+
 def test_tracers_fall_back():
     from fluxtrain._backend import fast_jax
     rule = ft.Adam()

@@ -94,24 +94,32 @@ def _fill(sk, it):
     return r
 
 
-def _throws(rule) -> bool:
-    """Does ``rule`` (or a rule inside it) raise on values (``ClipNorm(throw=True)``)?"""
+def _throw_check(rule):
+    """How the pre-check can see a ``ClipNorm(throw=True)`` in ``rule`` before anything is
+    donated: None (no such rule), the ClipNorm itself when it is ``rule`` or, recursively, the
+    first rule of a chain (it then sees the raw gradient, whose norm the pre-check computes
+    exactly as the rule does), or False (it sees an intermediate value: not checkable
+    beforehand, so the generic path runs)."""
     from ..optimise import ClipNorm
     if isinstance(rule, ClipNorm):
-        return bool(rule.throw)
-    inner = list(getattr(rule, "opts", ()) or ())
+        return rule if rule.throw else None
+    opts = list(getattr(rule, "opts", ()) or ())
     sub = getattr(rule, "rule", None)
-    if sub is not None:
-        inner.append(sub)
-    return any(_throws(r) for r in inner)
+    if opts:
+        first = _throw_check(opts[0])
+        if first is False or any(_throw_check(r) is not None for r in opts[1:]):
+            return False
+        return first
+    if sub is not None and _throw_check(sub) is not None:
+        return False  # a wrapper (MixedPrecision) hands the inner rule a converted gradient
+    return None
 
 
-@jax.jit
-def _all_finite_norms(gs):
-    # any non-finite entry makes every p-norm non-finite (or NaN). g*0 is NaN exactly at
-    # inf/NaN entries, else ±0, so one fused multiply-sum per array finds them (half the
-    # time of all(isfinite(g)) on XLA:CPU)
-    return jnp.isfinite(sum(jnp.sum(g * 0) for g in gs))
+@functools.partial(jax.jit, static_argnums=0)
+def _all_finite_norms(clips, gs):
+    # the norm each array's first ClipNorm(throw=True) will compute, as it computes it: a
+    # non-finite one (inf/NaN entries, or finite entries whose norm overflows) must raise
+    return jnp.all(jnp.stack([jnp.isfinite(c.norm(g)) for c, g in zip(clips, gs) if c is not None]))
 
 
 # ------------------------------------------------------------------------------ rules
@@ -126,7 +134,11 @@ class _Spec:
     def __init__(self, skeletons: tuple, which: tuple) -> None:
         self.skeletons, self.which = skeletons, which
         self._hash = hash((skeletons, which))  # TypeError: unhashable hyper-parameters
-        self.throws = any(_throws(r) for r in skeletons)
+        checks = [_throw_check(r) for r in skeletons]
+        # None: nothing to check; False: a check the pre-check cannot do (generic path);
+        # else the ClipNorm of each array, for the pre-check
+        self.throws = (False if any(c is False for c in checks) else
+                       tuple(checks[j] for j in which) if any(c is not None for c in checks) else None)
         self.independent = tuple(bool(getattr(r, "_scalar_state_independent", False)) for r in skeletons)
 
     def __hash__(self) -> int:
@@ -373,7 +385,7 @@ def _update_jax(rules, states, xs, gs, *, inplace):
         spec, etas = _spec(rules)
     except TypeError:  # traced or unhashable hyper-parameters
         return NotImplemented
-    if spec.throws and not bool(_all_finite_norms(list(gs))):
+    if spec.throws is not None and (spec.throws is False or not bool(_all_finite_norms(spec.throws, list(gs)))):
         return NotImplemented  # the generic path raises ClipNorm's DomainError
     leaves, treedef = jax.tree.flatten((states, xs, gs))
     key, plan = _plan(spec, treedef, leaves, inplace)

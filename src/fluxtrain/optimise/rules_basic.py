@@ -318,8 +318,9 @@ class ClipNorm(Rule):
     p: float = 2.0
     throw: bool = field(default=True, kw_only=True)
 
-    def apply(self, state, x, g):
-        xp = namespace(x)
+    def norm(self, g):
+        """The ``p``-norm of ``g`` exactly as ``apply`` computes it (a 0-d array)."""
+        xp = namespace(g)
         p = float(self.p)
         a = xp.abs(g)
         if p == 2:
@@ -335,6 +336,12 @@ class ClipNorm(Rule):
         else:
             q = caster(g)(p)
             nrm = xp.sum(a ** q) ** (1 / q)
+        return nrm
+
+    def apply(self, state, x, g):
+        xp = namespace(x)
+        p = float(self.p)
+        nrm = self.norm(g)
         if self.throw and is_eager(nrm) and not bool(xp.isfinite(nrm)):
             raise DomainError(f"gradient has {p}-norm {float(to_numpy(nrm))}, for array of shape "
                               f"{tuple(x.shape)} and dtype {x.dtype}")
