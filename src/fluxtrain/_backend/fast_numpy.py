@@ -313,20 +313,6 @@ def _T(f):
     return _caster_for("float32" if f is np.float32 else "float64")
 
 
-def clip_scale(clip, x, g, xp):
-    """ClipNorm's ``min(omega/norm, 1)`` computed exactly as the generic rule does (same
-    reduction, same dtype), raising its DomainError on a non-finite norm when ``throw``."""
-    from .._errors import DomainError
-    from ..optimise.base import caster, scalar
-    from . import to_numpy
-    nrm = xp.sqrt(xp.sum(g * g))
-    if clip.throw and not bool(xp.isfinite(nrm)):
-        raise DomainError(f"gradient has {float(clip.p)}-norm {float(to_numpy(nrm))}, for array of shape "
-                          f"{tuple(x.shape)} and dtype {x.dtype}")
-    lam = xp.minimum(caster(x)(clip.omega) / nrm, scalar(nrm, 1.0))
-    return xp.astype(lam, x.dtype)
-
-
 # ------------------------------------------------------------------------- the kernel
 
 class Memory(NamedTuple):
@@ -379,7 +365,7 @@ class _Batch:
         return r
 
 
-def run_numba(recipes, states, xs, gs, ks, xp, mem: Memory, inplace: bool):
+def run_numba(recipes, states, xs, gs, ks, mem: Memory, inplace: bool):
     """Shared by NumPy and CPU torch: validate everything, then one kernel call per kind of
     rule in the group (not one per array: the per-call cost is what limits many small arrays).
 
@@ -412,7 +398,7 @@ def run_numba(recipes, states, xs, gs, ks, xp, mem: Memory, inplace: bool):
         except AttributeError:  # a state entry that is not an array
             return NotImplemented
         has_clip = clip is not None
-        scale = f(float(clip_scale(clip, x, g, xp))) if has_clip else one
+        scale = f(float(clip.scale(x, g))) if has_clip else one  # the rule's own norm and checks
         if not inplace:
             arrs = [copy(a) for a in arrs]
         if not dense(g):
@@ -492,7 +478,7 @@ def _update_numpy(rules, states, xs, gs, *, inplace):
     recipes = plan(rules, states, xs, xs[0].dtype)
     if recipes is None:
         return NotImplemented
-    return run_numba(recipes, states, xs, gs, ks, np, NUMPY_MEMORY, inplace)
+    return run_numba(recipes, states, xs, gs, ks, NUMPY_MEMORY, inplace)
 
 
 def _register() -> None:

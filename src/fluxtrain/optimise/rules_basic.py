@@ -338,13 +338,17 @@ class ClipNorm(Rule):
             nrm = xp.sum(a ** q) ** (1 / q)
         return nrm
 
-    def apply(self, state, x, g):
+    def scale(self, x, g):
+        """The factor ``min(omega/norm(g), 1)`` in ``x``'s dtype (0-d), raising the
+        ``DomainError`` of ``throw`` on a non-finite norm (eagerly)."""
         xp = namespace(x)
-        p = float(self.p)
         nrm = self.norm(g)
         if self.throw and is_eager(nrm) and not bool(xp.isfinite(nrm)):
-            raise DomainError(f"gradient has {p}-norm {float(to_numpy(nrm))}, for array of shape "
+            raise DomainError(f"gradient has {float(self.p)}-norm {float(to_numpy(nrm))}, for array of shape "
                               f"{tuple(x.shape)} and dtype {x.dtype}")
         lam = xp.minimum(caster(x)(self.omega) / nrm, scalar(nrm, 1.0))
-        return state, g * xp.astype(lam, x.dtype)
+        return xp.astype(lam, x.dtype)
+
+    def apply(self, state, x, g):
+        return state, g * self.scale(x, g)
 
