@@ -491,3 +491,27 @@ def test_numba_groups_from_several_threads_at_once(monkeypatch):
     for m, r in zip(models, refs):
         for a, b in zip(m, r):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_error_in_a_later_group_leaves_earlier_groups_untouched(eager_backend):
+    """float32 and float64 arrays are two groups (two kernel calls): a ClipNorm error in the
+    second must not leave the first written in place."""
+    model = {"a": eager_backend.asarray(np.ones(4), "float32"), "b": eager_backend.asarray(np.ones(3), "float64")}
+    rule = ft.OptimiserChain(ft.ClipNorm(1.0), ft.Momentum(0.1))
+    state = ft.setup(rule, model)
+    g = {"a": eager_backend.asarray(np.ones(4), "float32"), "b": eager_backend.asarray(np.ones(3), "float64")}
+    state, model = ft.update_(state, model, g)  # a non-trivial state first
+    before = {k: eager_backend.to_numpy(v).copy() for k, v in model.items()}
+    before_s = {k: v.copy() for k, v in _flat(state).items()}
+    bad = dict(g, b=eager_backend.asarray([1.0, np.inf, 0.0], "float64"))
+    with pytest.raises(ft.DomainError):
+        ft.update_(state, model, bad)
+    for k in model:
+        np.testing.assert_array_equal(eager_backend.to_numpy(model[k]), before[k])
+    for k, v in _flat(state).items():
+        np.testing.assert_array_equal(v, before_s[k])
+    # without a rule that can raise, groups stay in place (same numbers either way)
+    state2 = ft.setup(ft.Momentum(0.1), model)
+    _, model2 = ft.update_(state2, model, g)
+    np.testing.assert_array_equal(eager_backend.to_numpy(model2["a"]), before["a"] - np.float32(0.1))

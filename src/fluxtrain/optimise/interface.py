@@ -235,6 +235,10 @@ def _apply_all(items: list, inplace: bool) -> list:
     for i, (rule, _, x, _, where) in enumerate(items):
         key = (type(rule), type(x), x.dtype, where)
         groups.setdefault(key, []).append(i)
+    if inplace and len(groups) > 1 and _may_raise({id(it[0]): it[0] for it in items}.values()):
+        # a later group's DomainError must not leave an earlier group written in place:
+        # compute every group without writing; the walker then commits (phase 3)
+        inplace = False
     out: list = [None] * len(items)
     for key, idx in groups.items():
         x0 = items[idx[0]][2]
@@ -243,6 +247,21 @@ def _apply_all(items: list, inplace: bool) -> list:
         for i, r in zip(idx, res):
             out[i] = r
     return out
+
+
+def _may_raise(rules) -> bool:
+    """Can any of ``rules`` raise from the values during ``apply`` (``ClipNorm(throw=True)``,
+    also inside chains and wrappers)?"""
+    for rule in rules:
+        if getattr(rule, "throw", False) is True:
+            return True
+        inner = list(getattr(rule, "opts", ()) or ())
+        sub = getattr(rule, "rule", None)
+        if hasattr(sub, "apply"):
+            inner.append(sub)
+        if inner and _may_raise(inner):
+            return True
+    return False
 
 
 def apply_group(rule_type: type, rules: list, states: list, xs: list, gs: list, xp: Any,
