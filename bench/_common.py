@@ -2,14 +2,16 @@
 
 Every group builds a list of *cases* (name -> zero-argument callable doing one timed unit
 of work and blocking until it is done) and hands them to :func:`interleaved`, which runs
-them round-robin (A B C, B C A, C A B, ...) so that slow drifts of a shared machine hit
-every case alike, and reports the median of the repetitions.
+them interleaved, in a new random order each repetition, so that slow drifts of a shared
+machine and the after-effects of one case on the next hit every case alike, and reports
+the median of the repetitions.
 """
 from __future__ import annotations
 
 import gc
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -58,10 +60,14 @@ def interleaved(cases: dict[str, Callable[[], object]], reps: int, warmup: int =
     names = list(live)
     gc_was = gc.isenabled()
     gc.disable()
+    # a new random order every repetition: on a shared 2-core machine one library's threads
+    # (torch's OpenMP, XLA's pool) can still be busy or asleep when the next case starts, so
+    # a fixed rotation (A B C, B C A, ...) would give each case mostly the same predecessor
+    # and a bias of its own; random predecessors spread that evenly
+    order = random.Random(0)
     try:
         for r in range(reps):
-            k = r % max(len(names), 1)
-            for name in names[k:] + names[:k]:  # rotate the order every repetition
+            for name in order.sample(names, len(names)):
                 fn = live[name]
                 t0 = time.perf_counter()
                 for _ in range(inner):
