@@ -100,19 +100,20 @@ def _throw_check(rule):
     first rule of a chain (it then sees the raw gradient, whose norm the pre-check computes
     exactly as the rule does), or False (it sees an intermediate value: not checkable
     beforehand, so the generic path runs)."""
-    from ..optimise import ClipNorm
+    from ..optimise import ClipNorm, OptimiserChain
     if isinstance(rule, ClipNorm):
         return rule if rule.throw else None
-    opts = list(getattr(rule, "opts", ()) or ())
-    sub = getattr(rule, "rule", None)
-    if opts:
-        first = _throw_check(opts[0])
-        if first is False or any(_throw_check(r) is not None for r in opts[1:]):
-            return False
-        return first
-    if sub is not None and _throw_check(sub) is not None:
-        return False  # a wrapper (MixedPrecision) hands the inner rule a converted gradient
-    return None
+    subs = rule.subrules()
+    if not subs:
+        return None
+    # a chain's first rule sees the raw gradient; a wrapper (MixedPrecision) hands its rule
+    # a converted one, and later chain members see intermediate values
+    first = _throw_check(subs[0]) if isinstance(rule, OptimiserChain) else False
+    if first is False and all(_throw_check(r) is None for r in subs):
+        return None
+    if first is False or any(_throw_check(r) is not None for r in subs[1:]):
+        return False
+    return first
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -176,6 +176,12 @@ class Rule:
         """The state for parameter array ``x`` (``None`` when the rule keeps none)."""
         return None
 
+    def subrules(self) -> tuple:
+        """The rules this one applies inside itself (a chain's members, a wrapper's rule);
+        empty for a plain rule. Code that asks a question of every rule in a composite
+        (can it raise? is its 0-d state shareable?) walks these."""
+        return ()
+
     def apply(self, state: Any, x: Any, g: Any) -> tuple[Any, Any]:
         """``(new_state, delta)`` for parameter ``x`` with gradient ``g``; ``x <- x - delta``."""
         raise NotImplementedError

@@ -46,6 +46,9 @@ class OptimiserChain(Rule):
     def _scalar_state_independent(self) -> bool:  # the state is the members' states
         return all(o._scalar_state_independent for o in self.opts)
 
+    def subrules(self) -> tuple:
+        return self.opts
+
     def init(self, x):
         return tuple(o.init(x) for o in self.opts)
 
@@ -154,6 +157,9 @@ class MixedPrecision(Rule):
     @property
     def _scalar_state_independent(self) -> bool:  # the master copy has x's shape
         return self.rule._scalar_state_independent
+
+    def subrules(self) -> tuple:
+        return (self.rule,)
 
     def _dtype(self, xp):
         return getattr(xp, self.T)

@@ -252,16 +252,8 @@ def _apply_all(items: list, inplace: bool) -> list:
 def _may_raise(rules) -> bool:
     """Can any of ``rules`` raise from the values during ``apply`` (``ClipNorm(throw=True)``,
     also inside chains and wrappers)?"""
-    for rule in rules:
-        if getattr(rule, "throw", False) is True:
-            return True
-        inner = list(getattr(rule, "opts", ()) or ())
-        sub = getattr(rule, "rule", None)
-        if hasattr(sub, "apply"):
-            inner.append(sub)
-        if inner and _may_raise(inner):
-            return True
-    return False
+    from .rules_basic import ClipNorm
+    return any((isinstance(r, ClipNorm) and r.throw) or _may_raise(r.subrules()) for r in rules)
 
 
 def apply_group(rule_type: type, rules: list, states: list, xs: list, gs: list, xp: Any,
