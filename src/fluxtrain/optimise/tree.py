@@ -133,13 +133,7 @@ def children(x: Any):
     if isinstance(x, tuple):
         return "tuple", list(range(len(x))), list(x)
     if _is_module(x):
-        keys, vals = [], []
-        for n, p in x.named_parameters(recurse=False):
-            keys.append(n)
-            vals.append(p)
-        for n, c in x.named_children():
-            keys.append(n)
-            vals.append(c)
+        keys, vals = module_items(x)
         return "module", keys, vals
     node = _jax_node(x)
     if node is not None:
@@ -210,12 +204,26 @@ def module_tree(module: Any, leaf: Callable[[Any], Any] = lambda p: p) -> dict:
     ``leaf`` maps each parameter; ``module_tree(m, lambda p: p.grad)`` is the gradient tree
     that ``update_`` expects for ``m`` (it is what ``update_(state, m)`` builds itself).
     """
-    out: dict = {}
-    for n, p in module.named_parameters(recurse=False):
-        out[n] = leaf(p)
-    for n, c in module.named_children():
-        out[n] = module_tree(c, leaf)
-    return out
+    keys, vals = module_items(module)
+    n_own = len(keys) - sum(1 for v in vals if _is_module(v))
+    return {k: (leaf(v) if i < n_own else module_tree(v, leaf)) for i, (k, v) in enumerate(zip(keys, vals))}
+
+
+def module_items(module: Any) -> tuple[list, list]:
+    """``(names, values)``: the module's own parameters, then its child modules, each once
+    and without ``None`` entries, i.e. what ``named_parameters(recurse=False)`` then
+    ``named_children()`` yield. Read from ``_parameters`` / ``_modules`` directly: this runs
+    for every module at every optimiser and training step, and the generators cost more."""
+    keys: list = []
+    vals: list = []
+    seen: set[int] = set()
+    for table in (module._parameters, module._modules):
+        for n, v in table.items():
+            if v is not None and id(v) not in seen:
+                seen.add(id(v))
+                keys.append(n)
+                vals.append(v)
+    return keys, vals
 
 
 def format_path(path: tuple) -> str:

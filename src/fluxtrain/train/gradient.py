@@ -200,30 +200,21 @@ class _Prep:
         return subst, (lambda grads: rebuild([p[1](grads) for p in parts])), any(p[2] for p in parts)
 
     def _module_template(self, m: Any) -> dict:
-        """The module's gradient tree (``module_tree``'s shape: own parameters, then
-        children, each once) with, at each parameter, its index among the differentiated
-        leaves, or ``None``. Walks ``_parameters`` / ``_modules`` directly, as
-        ``named_parameters(recurse=False)`` / ``named_children()`` do, because this runs
-        at every training step. A parameter with ``requires_grad=False`` gets ``None``
-        (torch's way of freezing); a tied parameter gets its whole gradient at its first
-        position and ``None`` at the others, so that summing per tie is still correct."""
+        """The module's gradient tree (``module_tree``'s shape, walked with
+        ``module_items``) with, at each parameter, its index among the differentiated
+        leaves, or ``None``. A parameter with ``requires_grad=False`` gets ``None`` (torch's
+        way of freezing); a tied parameter gets its whole gradient at its first position and
+        ``None`` at the others, so that summing per tie is still correct."""
+        from ..optimise.tree import module_items
         t: dict = {}
-        own: set[int] = set()
-        for n, p in m._parameters.items():
-            if p is None or id(p) in own:
-                continue
-            own.add(id(p))
-            if not p.is_floating_point() or not p.requires_grad or id(p) in self._seen_params:
+        for n, v in zip(*module_items(m)):
+            if _is_torch_module(v):
+                t[n] = self._module_template(v)
+            elif not v.is_floating_point() or not v.requires_grad or id(v) in self._seen_params:
                 t[n] = None
             else:
-                self._seen_params.add(id(p))
-                t[n] = self._add(p, param=True)
-        kids: set[int] = set()
-        for n, c in m._modules.items():
-            if c is None or id(c) in kids:
-                continue
-            kids.add(id(c))
-            t[n] = self._module_template(c)
+                self._seen_params.add(id(v))
+                t[n] = self._add(v, param=True)
         return t
 
 
