@@ -275,33 +275,31 @@ def _recipe(rule, f):
     return kind, sc, clip, wd, decay is not None, base is rule
 
 
-def per_rule(rules: list, states: list, analyse: Callable, is_base: Callable) -> list | None:
-    """Per array, ``(analyse(rule), state of the chain's base rule)``; ``analyse`` runs once per
-    distinct rule object (tied/shared rules repeat). None as soon as a rule is unsupported."""
-    out = []
-    cache: dict[int, Any] = {}
-    for rule, st in zip(rules, states):
-        r = cache.get(id(rule), False)
-        if r is False:
-            r = cache[id(rule)] = analyse(rule)
-        if r is None:
-            return None
-        out.append((r, st if is_base(r) else (st[-1] if isinstance(st, tuple) and st else None)))
-    return out
+def base_state(st, is_base: bool):
+    """The state of the chain's base rule (its last member), or ``st`` itself for a bare rule;
+    None when the state does not have a chain's shape."""
+    if is_base:
+        return st
+    return st[-1] if isinstance(st, tuple) and st else None
 
 
 def plan(rules: list, states: list, xs: list, dtype) -> list | None:
     """Per array, the fused-kernel recipe ``(kind, scalars, state_part, clip, wd, has_wd)``;
-    None if any array's rule/state is not supported (then the whole group falls back)."""
+    None if any array's rule/state is not supported (then the whole group falls back).
+    Each distinct rule object is analysed once (shared and tied rules repeat)."""
     if str(dtype) not in ("float32", "float64", "torch.float32", "torch.float64"):
         return None
     f = np.float32 if "32" in str(dtype) else np.float64
-    pairs = per_rule(rules, states, lambda rule: _recipe(rule, f), lambda r: r[5])
-    if pairs is None:
-        return None
+    analysed: dict[int, Any] = {}
     out = []
-    for r, inner in pairs:
-        kind, sc, clip, wd, has_wd, _ = r
+    for rule, st in zip(rules, states):
+        r = analysed.get(id(rule), False)
+        if r is False:
+            r = analysed[id(rule)] = _recipe(rule, f)
+        if r is None:
+            return None
+        kind, sc, clip, wd, has_wd, is_base = r
+        inner = base_state(st, is_base)
         if kind == "adam" and not (isinstance(inner, tuple) and len(inner) == 3 and isinstance(inner[2], tuple)):
             return None
         out.append((kind, sc, inner, clip, wd, has_wd))

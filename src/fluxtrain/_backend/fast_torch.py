@@ -160,8 +160,7 @@ def _adam_fused(rules, states, xs, gs, inplace):
             info = analysed[id(rule)] = _adam_info(rule, T)
         if info is None:
             return NotImplemented
-        st = states[i]
-        inner = st if info[0] else (st[-1] if isinstance(st, tuple) and st else None)
+        inner = fast_numpy.base_state(states[i], info[0])
         if not (isinstance(inner, tuple) and len(inner) == 3 and isinstance(inner[2], tuple) and len(inner[2]) == 2):
             return NotImplemented
         m, v, (b1t, b2t) = inner
