@@ -4,7 +4,15 @@ A backend whose library is not installed is reported as skipped, never as failed
 """
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# XLA's GPU reductions use atomics and are not reproducible run to run; the resume tests
+# assert bit-identical trajectories, as a user who wants them on a GPU must also ask for.
+# Set before JAX is imported (a no-op on CPU).
+if "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
 
 from tests.util import Backend, HAVE_JAX, HAVE_TORCH
 
