@@ -11,8 +11,10 @@ import pytest
 # XLA's GPU reductions use atomics and are not reproducible run to run; the resume tests
 # assert bit-identical trajectories, as a user who wants them on a GPU must also ask for.
 # Set before JAX is imported (a no-op on CPU).
-if "xla_gpu_deterministic_ops" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
+# Two host devices let the CPU-only CI test placement checks across devices.
+for _flag in ("--xla_gpu_deterministic_ops=true", "--xla_force_host_platform_device_count=2"):
+    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 from tests.util import Backend, HAVE_JAX, HAVE_TORCH
 

@@ -73,6 +73,14 @@ def lookup(key: Hashable, xp) -> Callable[..., Any] | None:
     return _REGISTRY.get((key, name))
 
 
+def lookup_backend(key: Hashable, backend: str) -> Callable[..., Any] | None:
+    """The fast path for ``key`` on the backend named ``backend`` ('jax', ...), or None."""
+    if not _ENABLED:
+        return None
+    _load(backend)
+    return _REGISTRY.get((key, backend))
+
+
 class disabled:
     """Context manager that turns every fast path off (tests compare against this)."""
 

@@ -217,6 +217,11 @@ class _Plan:
                 slot_of_rep[p] = len(slot_of_rep)
         self.slot = tuple(slot_of_rep[p] for p in idx)
         self.rep_of = idx
+        # the repeated positions and their twins: with the count of distinct leaves, all
+        # that a later step must match to reuse this plan
+        twins = [(i, p) for i, p in enumerate(idx) if i != p]
+        self.twin_a = tuple(i for i, _ in twins)
+        self.twin_b = tuple(p for _, p in twins)
         nslots = len(slot_of_rep)
         count = [0] * nslots
         for s in self.slot:
@@ -324,9 +329,9 @@ _LAST: dict[tuple, _Plan] = {}  # (spec, inplace) -> the plan used last: usually
 def _plan(spec, treedef, leaves, inplace):
     ids = list(map(id, leaves))
     plan = _LAST.get((spec, inplace))
-    # the same structure, each leaf the same object as its slot's first one, no two slots alike
+    # the same structure, each repeated leaf the same object as its twin, no others alike
     if (plan is not None and treedef == plan.treedef and len(set(ids)) == plan.nslots
-            and ids == list(map(ids.__getitem__, plan.rep_of))):
+            and list(map(ids.__getitem__, plan.twin_a)) == list(map(ids.__getitem__, plan.twin_b))):
         return plan.key, plan
     last = dict(zip(ids, range(len(ids))))
     idx = tuple(map(last.__getitem__, ids))
@@ -379,7 +384,8 @@ def _merge(plan: _Plan, leaves: list) -> bool:
 
 # ------------------------------------------------------------------------------ kernel
 
-def _update_jax(rules, states, xs, gs, *, inplace):
+def step(rules, states, xs, gs, *, inplace):
+    """``(new_states, new_xs)`` for one group, or ``NotImplemented`` (see ``_update_jax``)."""
     if not xs or isinstance(xs[0], _Tracer) or any(issubclass(t, _Tracer) for t in set(map(type, gs))):
         return NotImplemented  # inside the user's own jit: the generic path is compiled anyway
     try:
@@ -405,7 +411,14 @@ def _update_jax(rules, states, xs, gs, *, inplace):
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError, TypeError):
         return NotImplemented  # a rule that cannot be traced: the generic path decides
     pool = outs + keep if plan.reads_keep else outs
-    new_states, new_xs = plan.out_treedef.unflatten(list(map(pool.__getitem__, plan.out_map)))
+    return plan.out_treedef.unflatten(list(map(pool.__getitem__, plan.out_map)))
+
+
+def _update_jax(rules, states, xs, gs, *, inplace):
+    res = step(rules, states, xs, gs, inplace=inplace)
+    if res is NotImplemented:
+        return res
+    new_states, new_xs = res
     return list(zip(new_states, map(Replace, new_xs)))
 
 
@@ -416,3 +429,5 @@ def _register() -> None:
 
 
 _register()
+
+from . import fast_jax_tree  # noqa: E402,F401  (registers the whole-step route)

@@ -143,8 +143,14 @@ def _update(state, model, grad, pure):
             f"Invalid input to `update{'' if pure else '_'}`: the first argument must be the optimiser "
             f"state, not the rule {state!r}. You need `state = setup(rule, model)` first, then "
             f"`update{'' if pure else '_'}(state, model, grad)`.")
-    if not _tree._PYTREE_DONE and "jax" in sys.modules:
-        _tree._register_pytree()
+    if "jax" in sys.modules:
+        if not _tree._PYTREE_DONE:
+            _tree._register_pytree()
+        if grad is not _DOT:  # JAX models: the same walk, flattened in C (fast_jax_tree)
+            route = fast.lookup_backend("update_tree", "jax")
+            out = None if route is None else route(state, model, grad, pure=pure)
+            if out is not None:
+                return out
     with _no_grad():
         if pure and _has_module(model):
             model = copy.deepcopy(model)

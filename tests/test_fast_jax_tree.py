@@ -1,0 +1,295 @@
+"""The JAX whole-step route (``fluxtrain._backend.fast_jax_tree``): it must give exactly
+what the walker gives (same kernel, same commit: bit for bit), take the route where it
+should, and leave every case it cannot vouch for to the walker, including each thing a
+tree structure does not pin down (shapes, dtypes, frozen or replaced Leafs, tracers).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+import fluxtrain as ft
+from fluxtrain import DimensionMismatch, DomainError
+from fluxtrain._backend import fast
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+FT = pytest.importorskip("fluxtrain._backend.fast_jax_tree")
+
+_KEY = ("update_tree", "jax")
+
+
+class Pair(NamedTuple):
+    w: object
+    b: object
+
+
+@pytest.fixture
+def routed(monkeypatch):
+    """Counts the steps the route completes (its call of the group kernel)."""
+    calls = []
+    real = FT.step
+
+    def counting(*a, **kw):
+        out = real(*a, **kw)
+        if out is not NotImplemented:
+            calls.append(1)
+        return out
+    monkeypatch.setattr(FT, "step", counting)
+    FT._ROUTES.clear()
+    return calls
+
+
+class _walker_only:
+    def __enter__(self):
+        self.saved = fast._REGISTRY.pop(_KEY)
+
+    def __exit__(self, *exc):
+        fast._REGISTRY[_KEY] = self.saved
+
+
+def _arr(rng, *shape, dtype="float32"):
+    return jnp.asarray(rng.standard_normal(shape).astype(dtype))
+
+
+def _models():
+    def flat(rng):
+        return [_arr(rng, 3) for _ in range(5)]
+
+    def nested(rng):  # non-trainable leaves of every sort, in place containers only
+        return {"enc": {"w": _arr(rng, 2, 3), "b": _arr(rng, 3), "n": 3, "ids": jnp.arange(4)},
+                "dec": [_arr(rng, 3, 2), None, "name", _arr(rng, 2)], "z": _arr(rng, 1)}
+
+    def tuples(rng):  # immutable containers only: a new model is returned
+        return (Pair(_arr(rng, 2, 2), _arr(rng, 2)), (_arr(rng, 4),))
+
+    def mixed(rng):  # a dict (changed in place) holding tuples (rebuilt)
+        return {"a": (_arr(rng, 2), _arr(rng, 3)), "b": [_arr(rng, 2)]}
+
+    return {"flat": flat, "nested": nested, "tuples": tuples, "mixed": mixed}
+
+
+def _grads(model, rng):
+    return jax.tree.map(lambda x: _arr(rng, *x.shape) if getattr(x, "dtype", None) == jnp.float32 else None,
+                        model)
+
+
+def _same(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        if hasattr(x, "dtype"):
+            assert x.dtype == y.dtype and np.asarray(x).tobytes() == np.asarray(y).tobytes()
+        else:
+            assert x == y
+
+
+RULES = [ft.Adam(0.01), ft.OptimiserChain(ft.ClipNorm(1.0), ft.WeightDecay(0.01), ft.Adam(0.01)),
+         ft.Momentum(0.05), ft.Lion(0.01)]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: type(r).__name__)
+@pytest.mark.parametrize("name", list(_models()))
+@pytest.mark.parametrize("pure", [False, True])
+def test_route_equals_walker(name, rule, pure, routed):
+    make = _models()[name]
+    ma, mb = make(np.random.default_rng(0)), make(np.random.default_rng(0))
+    sa, sb = ft.setup(rule, ma), ft.setup(rule, mb)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        g = _grads(ma, rng)
+        gb = jax.tree.map(lambda a: a + 0, g)  # own arrays: donation must not touch the other run's
+        before = ma
+        if pure:
+            sa2, ma2 = ft.update(sa, ma, g)
+            _same(ma, before)  # pure: inputs still readable, unchanged
+            sa, ma = sa2, ma2
+        else:
+            sa, ma2 = ft.update_(sa, ma, g)
+            if name in ("flat", "nested", "mixed"):
+                assert ma2 is ma  # the user's mutable root was changed in place
+            ma = ma2
+        with _walker_only():
+            sb, mb = (ft.update if pure else ft.update_)(sb, mb, gb)
+    _same(ma, mb)
+    _same(jax.tree.map(lambda l: l.state, sa, is_leaf=lambda x: isinstance(x, ft.Leaf)),
+          jax.tree.map(lambda l: l.state, sb, is_leaf=lambda x: isinstance(x, ft.Leaf)))
+    assert len(routed) == 3  # the first step builds the route (the walker's phase 1), then takes it
+
+
+def test_in_place_containers(routed):
+    rng = np.random.default_rng(0)
+    m = _models()["nested"](rng)
+    inner, dec = m["enc"], m["dec"]
+    s = ft.setup(ft.Adam(), m)
+    for _ in range(2):
+        g = _grads(m, rng)
+        old_w = m["enc"]["w"]
+        _, out = ft.update_(s, m, g)
+        assert out is m and m["enc"] is inner and m["dec"] is dec
+        assert m["enc"]["w"] is not old_w and m["enc"]["n"] == 3 and m["dec"][2] == "name"
+    assert len(routed) == 2
+
+
+def _step_pair(rule=None):
+    rng = np.random.default_rng(0)
+    m = [_arr(rng, 3) for _ in range(4)]
+    s = ft.setup(rule or ft.Adam(0.01), m)
+    ft.update_(s, m, [_arr(rng, 3) for _ in range(4)])  # builds the route
+    return m, s, rng
+
+
+def _snapshot(m, s):
+    return [np.asarray(a).copy() for a in m], [np.asarray(a).copy() for a in jax.tree.leaves(s)]
+
+
+def test_wrong_shape_with_same_structure_raises_and_changes_nothing(routed):
+    m, s, rng = _step_pair()
+    before = _snapshot(m, s)
+    bad = [_arr(rng, 3), _arr(rng, 3), _arr(rng, 1), _arr(rng, 3)]  # (1,) would broadcast
+    with pytest.raises(DimensionMismatch, match=r"\[2\].*shape"):
+        ft.update_(s, m, bad)
+    after = _snapshot(m, s)
+    assert all((a == b).all() for a, b in zip(before[0] + before[1], after[0] + after[1]))
+    assert len(routed) == 1
+
+
+def test_other_dtype_gradient_is_converted_as_the_walker_does(routed):
+    m, s, rng = _step_pair()
+    m2, s2 = [a + 0 for a in m], jax.tree.map(lambda a: a + 0, s)  # equal values, own arrays
+    g = [_arr(rng, 3, dtype="float16") for _ in range(4)]
+    ft.update_(s, m, g)
+    with _walker_only():
+        ft.update_(s2, m2, [a + 0 for a in g])
+    _same(m, m2)
+    assert all(a.dtype == jnp.float32 for a in m)
+
+
+def test_frozen_leaves_are_skipped_and_thawed_ones_resume(routed):
+    m, s, rng = _step_pair()
+    ft.freeze_(s[1])
+    w1 = np.asarray(m[1]).copy()
+    w0 = np.asarray(m[0]).copy()
+    ft.update_(s, m, [_arr(rng, 3) for _ in range(4)])
+    assert (np.asarray(m[1]) == w1).all() and not (np.asarray(m[0]) == w0).all()
+    assert len(routed) == 2
+    ft.thaw_(s[1])
+    ft.update_(s, m, [_arr(rng, 3) for _ in range(4)])
+    assert not (np.asarray(m[1]) == w1).all()
+    ft.freeze_(s)
+    w = _snapshot(m, s)
+    ft.update_(s, m, [_arr(rng, 3) for _ in range(4)])  # all frozen: nothing to do
+    assert all((a == b).all() for a, b in zip(w[0], _snapshot(m, s)[0]))
+
+
+def test_adjust_between_steps_is_seen(routed):
+    rng = np.random.default_rng(0)
+    ma, mb = [_arr(rng, 3) for _ in range(3)], None
+    mb = [a + 0 for a in ma]
+    sa, sb = ft.setup(ft.Descent(0.1), ma), ft.setup(ft.Descent(0.1), mb)
+    for eta in (0.1, 0.5, 0.05):
+        ft.adjust_(sa, eta)
+        ft.adjust_(sb, eta)
+        g = [_arr(rng, 3) for _ in range(3)]
+        ft.update_(sa, ma, g)
+        with _walker_only():
+            ft.update_(sb, mb, [a + 0 for a in g])
+    _same(ma, mb)
+    assert len(routed) == 3
+
+
+def test_replaced_or_removed_leaves_go_to_the_walker(routed):
+    m, s, rng = _step_pair()
+    s[2] = ft.setup(ft.Descent(0.1), [m[2]])[0]  # another rule type: two groups
+    w2 = np.asarray(m[2]).copy()
+    g = [_arr(rng, 3) for _ in range(4)]
+    ft.update_(s, m, g)
+    np.testing.assert_array_equal(np.asarray(m[2]), w2 - np.float32(0.1) * np.asarray(g[2]))
+    s[3] = None  # not trained any more
+    w3 = np.asarray(m[3]).copy()
+    ft.update_(s, m, [_arr(rng, 3) for _ in range(4)])
+    np.testing.assert_array_equal(np.asarray(m[3]), w3)
+    assert len(routed) == 1
+
+
+def test_tied_and_mixed_dtype_models_take_the_walker(routed):
+    rng = np.random.default_rng(0)
+    w = _arr(rng, 3)
+    w0 = np.asarray(w).copy()
+    tied = {"a": w, "b": w}
+    s = ft.setup(ft.Descent(0.5), tied)
+    ft.update_(s, tied, {"a": jnp.ones(3), "b": jnp.ones(3)})  # gradients summed: 0.5 * 2
+    np.testing.assert_allclose(np.asarray(tied["a"]), w0 - 1.0, rtol=1e-6)
+    assert tied["a"] is tied["b"]
+    mixed = [_arr(rng, 3), _arr(rng, 3, dtype="float16")]
+    s = ft.setup(ft.Adam(), mixed)
+    ft.update_(s, mixed, [_arr(rng, 3), _arr(rng, 3, dtype="float16")])
+    assert mixed[1].dtype == jnp.float16
+    assert routed == []
+
+
+def test_tracers_and_other_libraries_take_the_walker(routed):
+    m, s, rng = _step_pair()
+    n0 = len(routed)
+
+    @jax.jit
+    def f(s, m, g):
+        return ft.update(s, m, g)
+    s2, m2 = f(s, m, [_arr(rng, 3) for _ in range(4)])
+    assert len(routed) == n0 and len(m2) == 4
+    xs = [np.ones(3, np.float32)]
+    sn = ft.setup(ft.Adam(), xs)
+    ft.update_(sn, xs, [np.ones(3, np.float32)])
+    assert len(routed) == n0 and xs[0][0] < 1
+
+
+def test_clipnorm_throw_raises_before_anything_changes(routed):
+    m, s, rng = _step_pair(ft.OptimiserChain(ft.ClipNorm(1.0, throw=True), ft.Adam(0.01)))
+    before = _snapshot(m, s)
+    g = [_arr(rng, 3) for _ in range(4)]
+    g[3] = g[3].at[0].set(jnp.inf)
+    with pytest.raises(DomainError):
+        ft.update_(s, m, g)
+    after = _snapshot(m, s)
+    assert all((a == b).all() for a, b in zip(before[0] + before[1], after[0] + after[1]))
+
+
+def test_new_shapes_with_the_same_structure(routed):
+    rng = np.random.default_rng(0)
+    for n in (3, 5, 3):
+        ma = [_arr(rng, n) for _ in range(2)]
+        mb = [a + 0 for a in ma]
+        sa, sb = ft.setup(ft.Adam(0.1), ma), ft.setup(ft.Adam(0.1), mb)
+        for _ in range(2):
+            g = [_arr(rng, n) for _ in range(2)]
+            ft.update_(sa, ma, g)
+            with _walker_only():
+                ft.update_(sb, mb, [a + 0 for a in g])
+        _same(ma, mb)
+    assert len(routed) == 6  # one route for the structure; shapes are checked each step
+
+
+def test_missing_gradient_subtrees():
+    rng = np.random.default_rng(0)
+    ma = {"a": [_arr(rng, 2), _arr(rng, 2)], "b": _arr(rng, 3)}
+    mb = jax.tree.map(lambda a: a + 0, ma)
+    sa, sb = ft.setup(ft.Momentum(0.1), ma), ft.setup(ft.Momentum(0.1), mb)
+    for _ in range(3):
+        g = {"a": None, "b": _arr(rng, 3)}
+        ft.update_(sa, ma, g)
+        with _walker_only():
+            ft.update_(sb, mb, {"a": None, "b": g["b"] + 0})
+    _same(ma, mb)
+
+
+@pytest.mark.skipif(len(jax.devices()) < 2, reason="needs two JAX devices")
+def test_placement_change_is_seen(routed):
+    d0, d1 = jax.devices()[:2]
+    m, s, rng = _step_pair()
+    g = [jax.device_put(_arr(rng, 3), d0) for _ in range(4)]
+    g[1] = jax.device_put(g[1], d1)
+    m[1] = jax.device_put(m[1], d0)
+    with pytest.raises(ValueError, match="gradient is on"):
+        ft.update_(s, m, g)
