@@ -68,7 +68,10 @@ def _models():
     def mixed(rng):  # a dict (changed in place) holding tuples (rebuilt)
         return {"a": (_arr(rng, 2), _arr(rng, 3)), "b": [_arr(rng, 2)]}
 
-    return {"flat": flat, "nested": nested, "tuples": tuples, "mixed": mixed}
+    def array(rng):  # the model is one array: the new one is returned
+        return _arr(rng, 4)
+
+    return {"flat": flat, "nested": nested, "tuples": tuples, "mixed": mixed, "array": array}
 
 
 def _grads(model, rng):

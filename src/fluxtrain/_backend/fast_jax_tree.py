@@ -212,18 +212,19 @@ def _build(state, model, grad, sl, xl) -> _Route | None:
         raise _NoRoute
     kinds: set = set()
     _kinds(model, kinds)
-    if kinds <= {"dict", "list"}:
+    if kinds and kinds <= {"dict", "list"}:
         rebind = "paths"
     elif not kinds & {"dict", "list"}:
         rebind = "unflatten"  # no container is changed in place: rebuild them all
     else:
         rebind = "walker"
     parents: dict[tuple, list] = {}
-    for i, (_, _, _, path, _) in enumerate(entries):
-        parents.setdefault(tuple(path[:-1]), []).append((path[-1], i))
+    if rebind == "paths":  # the parent container of each array, and its key there
+        for i, (_, _, _, path, _) in enumerate(entries):
+            parents.setdefault(tuple(path[:-1]), []).append((path[-1], i))
     return _Route(tuple(s_pos), tuple(x_pos), tuple(g_pos), len(s_at), type(first[0].rule), type(x0),
                   x0.dtype, placement(x0), rebind,
-                  tuple((k, tuple(v)) for k, v in parents.items()) if rebind == "paths" else ())
+                  tuple((k, tuple(v)) for k, v in parents.items()))
 
 
 def _kinds(x: Any, out: set) -> None:
