@@ -30,6 +30,12 @@ and, per group, calls::
   (``delta`` an array to subtract, ``None``, ``Masked`` or ``Replace``), or
   ``NotImplemented`` to fall back to the reference loop ``[r.apply(s, x, g) ...]``.
 
+Whole-step route (key ``"update_tree"``, JAX only)
+--------------------------------------------------
+``update_``/``update`` first offer the whole step to ``route(state, model, grad, *,
+pure)``, which returns ``(state, model)`` or None (then the walker runs): see
+:mod:`fluxtrain._backend.fast_jax_tree`.
+
 Results must equal the reference loop (bit for bit where the backend allows; tests compare
 against ``with fast.disabled():``).
 """

@@ -10,6 +10,10 @@ The walker works in three phases so that a bad input never leaves a half-updated
 
 Phase 2 groups the arrays by (rule type, array type, dtype, device) and hands each group to
 :func:`apply_group`, the single dispatch point where per-backend fast kernels plug in.
+
+For JAX models a whole step may be taken by the route registered under ``"update_tree"``
+(:mod:`fluxtrain._backend.fast_jax_tree`): the same phases with the walk done by
+``jax.tree.flatten``, the pairing taken from phase 1 once per tree structure.
 """
 from __future__ import annotations
 
