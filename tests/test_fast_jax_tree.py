@@ -296,3 +296,58 @@ def test_placement_change_is_seen(routed):
     m[1] = jax.device_put(m[1], d0)
     with pytest.raises(ValueError, match="gradient is on"):
         ft.update_(s, m, g)
+
+
+# ------------------------------------------------------------------ steps chained by identity
+
+def test_state_replaced_between_steps_is_seen(routed):
+    """Consecutive steps reuse the last outputs by identity (fast_jax.Memo); a state or
+    parameter changed in between must be read again."""
+    rng = np.random.default_rng(0)
+    ma = [_arr(rng, 3) for _ in range(3)]
+    mb = [a + 0 for a in ma]
+    sa, sb = ft.setup(ft.Adam(0.1), ma), ft.setup(ft.Adam(0.1), mb)
+    for t in range(5):
+        if t == 2:  # new momenta (equal structure) and a new parameter array
+            for s in (sa, sb):
+                m, v, b = s[0].state
+                s[0].state = (m * 0.5, v + 1.0, b)
+            ma[1] = ma[1] * 2.0
+            mb[1] = mb[1] * 2.0
+        g = [_arr(rng, 3) for _ in range(3)]
+        ft.update_(sa, ma, g)
+        with _walker_only():
+            ft.update_(sb, mb, [a + 0 for a in g])
+    _same(ma, mb)
+    assert len(routed) == 5
+
+
+def test_gradient_that_is_a_parameter(routed):
+    """A gradient array that is also a parameter (or a state array) must not be donated:
+    the identity shortcut sees it and the plan passes it once, undonated."""
+    rng = np.random.default_rng(0)
+    ma = [_arr(rng, 3) for _ in range(2)]
+    mb = [a + 0 for a in ma]
+    sa, sb = ft.setup(ft.Momentum(0.1), ma), ft.setup(ft.Momentum(0.1), mb)
+    for t in range(4):
+        ga = [_arr(rng, 3), ma[0]] if t == 2 else [_arr(rng, 3), _arr(rng, 3)]
+        gb = [ga[0] + 0, mb[0]] if t == 2 else [a + 0 for a in ga]
+        ft.update_(sa, ma, ga)
+        with _walker_only():
+            ft.update_(sb, mb, gb)
+    _same(ma, mb)
+
+
+def test_memo_does_not_keep_a_dropped_model_alive(routed):
+    import gc
+    import weakref
+    rng = np.random.default_rng(0)
+    m = [_arr(rng, 3) for _ in range(2)]
+    s = ft.setup(ft.Adam(), m)
+    for _ in range(3):
+        ft.update_(s, m, [_arr(rng, 3) for _ in range(2)])
+    assert len(routed) == 3 and any(r is not None and r.memo.prev is not None for r in FT._ROUTES.values())
+    refs = [weakref.ref(a) for a in m + [s[0].state[0]]]
+    del m, s
+    gc.collect()
+    assert all(r() is None for r in refs)

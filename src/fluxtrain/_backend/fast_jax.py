@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import operator
 from typing import Any
 
 import jax
@@ -247,6 +248,20 @@ class _Plan:
         step = functools.partial(_traced, self)
         self.fn = jax.jit(step, donate_argnums=(1,)) if self.don_slots else jax.jit(step)
         self.reads_keep = False  # does out_map point at undonated inputs (set by the trace)?
+        self.n_sx = n_state + k  # leaves of (states, xs); the gradients follow
+        self._chains: bool | None = None
+
+    def chains(self) -> bool:
+        """Can this step's outputs ``(new_states, new_xs)``, with fresh gradients, be the
+        next step's inputs under this same plan? True when the outputs have the inputs'
+        structure and the same repeated leaves, and no gradient repeats anything."""
+        if self._chains is None:
+            n = self.n_sx
+            last = {r: i for i, r in enumerate(self.out_map)}
+            self._chains = (self.out_treedef.children() == self.treedef.children()[:2]
+                            and tuple(last[r] for r in self.out_map) == self.rep_of[:n]
+                            and all(self.rep_of[i] == i for i in range(n, len(self.rep_of))))
+        return self._chains
 
     def _clusters(self, n_state: int):
         """Per array: the positions of its 0-d state leaves, and its sharing cluster
@@ -384,7 +399,36 @@ def _merge(plan: _Plan, leaves: list) -> bool:
 
 # ------------------------------------------------------------------------------ kernel
 
-def step(rules, states, xs, gs, *, inplace):
+class Memo:
+    """What a caller keeps between ``update_`` steps of one model (the whole-step route
+    does): the last plan and its outputs, which are the next step's inputs when nothing
+    changed in between. The next step then checks identities instead of flattening the
+    states and matching the plan. Holds the model's current arrays: cleared by ``clear``
+    (the route calls it when the model's first Leaf is gone)."""
+
+    __slots__ = ("prev", "owner")
+
+    def __init__(self) -> None:
+        self.prev: tuple | None = None  # (plan, new_states, new_xs, their leaves, ids of those)
+        self.owner = None
+
+    def clear(self, *_: Any) -> None:
+        self.prev = None
+
+
+def _chained(p, spec, inplace, states, xs, gs):
+    """The last step's plan and this step's leaves, when its outputs are exactly this
+    step's states and parameters, and the gradients are distinct new arrays."""
+    plan = p[0]
+    if (plan.inplace is inplace and (plan.spec is spec or plan.spec == spec) and len(states) == len(p[1])
+            and len(xs) == len(p[2]) and all(map(operator.is_, states, p[1])) and all(map(operator.is_, xs, p[2]))):
+        gids = set(map(id, gs))
+        if len(gids) == len(gs) and gids.isdisjoint(p[4]):
+            return plan, p[3] + list(gs)
+    return None, None
+
+
+def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None):
     """``(new_states, new_xs)`` for one group, or ``NotImplemented`` (see ``_update_jax``)."""
     if not xs or isinstance(xs[0], _Tracer) or any(issubclass(t, _Tracer) for t in set(map(type, gs))):
         return NotImplemented  # inside the user's own jit: the generic path is compiled anyway
@@ -394,14 +438,21 @@ def step(rules, states, xs, gs, *, inplace):
         return NotImplemented
     if spec.throws is not None and (spec.throws is False or not bool(_all_finite_norms(spec.throws, list(gs)))):
         return NotImplemented  # the generic path raises ClipNorm's DomainError
-    leaves, treedef = jax.tree.flatten((states, xs, gs))
-    key, plan = _plan(spec, treedef, leaves, inplace)
-    if plan.try_merge:
-        if _merge(plan, leaves):
-            key, plan = _plan(spec, treedef, leaves, inplace)
-        plan.try_merge = False  # values looked at once; the shared arrays now persist
+    p = memo.prev if memo is not None else None
+    plan, leaves = _chained(p, spec, inplace, states, xs, gs) if p is not None else (None, None)
+    if plan is not None:
+        key = plan.key
+    else:
+        leaves, treedef = jax.tree.flatten((states, xs, gs))
+        key, plan = _plan(spec, treedef, leaves, inplace)
+        if plan.try_merge:
+            if _merge(plan, leaves):
+                key, plan = _plan(spec, treedef, leaves, inplace)
+            plan.try_merge = False  # values looked at once; the shared arrays now persist
     don = list(map(leaves.__getitem__, plan.don_pos))
     keep = list(map(leaves.__getitem__, plan.keep_pos))
+    if memo is not None:
+        memo.prev = None  # the donated arrays die now; only a completed step is remembered
     try:
         outs = plan.fn(etas, don, keep)
     except _Mismatch:
@@ -411,7 +462,11 @@ def step(rules, states, xs, gs, *, inplace):
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError, TypeError):
         return NotImplemented  # a rule that cannot be traced: the generic path decides
     pool = outs + keep if plan.reads_keep else outs
-    return plan.out_treedef.unflatten(list(map(pool.__getitem__, plan.out_map)))
+    out = list(map(pool.__getitem__, plan.out_map))
+    new_states, new_xs = plan.out_treedef.unflatten(out)
+    if memo is not None and plan.chains():
+        memo.prev = (plan, new_states, new_xs, out, set(map(id, out)))
+    return new_states, new_xs
 
 
 def _update_jax(rules, states, xs, gs, *, inplace):

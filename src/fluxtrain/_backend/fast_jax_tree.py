@@ -28,12 +28,13 @@ walker's bit for bit: the same kernel, the same commit (tests compare them).
 from __future__ import annotations
 
 import operator
+import weakref
 from typing import Any
 
 import jax
 
 from . import fast
-from .fast_jax import _Tracer, step
+from .fast_jax import Memo, _Tracer, step
 from ..optimise.tree import Leaf, _key_of, children
 
 _AVAL = operator.attrgetter("aval")
@@ -56,7 +57,7 @@ class _Route:
     """The pairing for one (state, model, gradient) structure, and what was seen last."""
 
     __slots__ = ("s_pos", "x_pos", "g_pos", "n_state", "rule_type", "array_type", "dtype",
-                 "where", "rebind", "parents", "x_avals", "g_avals", "x_sh", "g_sh", "keep")
+                 "where", "rebind", "parents", "x_avals", "g_avals", "x_sh", "g_sh", "keep", "memo")
 
     def __init__(self, s_pos, x_pos, g_pos, n_state, rule_type, array_type, dtype, where, rebind, parents):
         self.s_pos, self.x_pos, self.g_pos, self.n_state = s_pos, x_pos, g_pos, n_state
@@ -64,6 +65,7 @@ class _Route:
         self.rebind, self.parents = rebind, parents
         self.x_avals = self.g_avals = self.x_sh = self.g_sh = None
         self.keep: list = []  # the sharding objects whose ids are remembered, kept alive
+        self.memo = Memo()  # the last step's outputs (fast_jax.step), for update_
 
     def placed(self, xs: list, gs: list) -> bool:
         """Shapes, dtypes and placements as the walker would accept them, for one group."""
@@ -137,9 +139,12 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
     rules = list(map(_RULE, leaves))
     if set(map(type, rules)) != {route.rule_type}:
         return None
-    res = step(rules, list(map(_STATE, leaves)), xs, gs, inplace=not pure)
+    memo = None if pure or active is not None else route.memo
+    res = step(rules, list(map(_STATE, leaves)), xs, gs, inplace=not pure, memo=memo)
     if res is NotImplemented:
         return None
+    if memo is not None and (memo.owner is None or memo.owner() is not leaves[0]):
+        memo.owner = weakref.ref(leaves[0], memo.clear)  # the model is gone: drop its arrays
     new_states, new_xs = res
     # commit (nothing above changed anything the caller holds)
     if active is None:
