@@ -20,13 +20,30 @@ from .._errors import DomainError
 __all__ = [
     "namespace", "asarrays", "backend_name", "is_numpy", "is_torch", "is_jax",
     "is_array", "is_writeable", "put", "float_dtype", "eps_for", "is_float_dtype",
-    "is_eager", "check_domain", "to_numpy", "device_of", "placement",
+    "is_eager", "check_domain", "to_numpy", "device_of", "placement", "is_inexact_dtype",
 ]
+
+
+# Both tests below are per-type facts for the supported libraries, and every loss call
+# asks them several times: array-api-compat's own checks cost microseconds each (a chain
+# of isinstance and module tests), which is most of a small loss call's overhead.
+_ARRAY_TYPES: set = set()
+_SCALAR_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes, list, tuple, dict})
+_NAMESPACES: dict[tuple, Any] = {}
 
 
 def is_array(x: Any) -> bool:
     """True for an array of a supported library (not Python scalars, lists or None)."""
-    return aac.is_array_api_obj(x) and not isinstance(x, (bool, int, float, complex))
+    t = type(x)
+    if t in _ARRAY_TYPES:
+        return True
+    if t in _SCALAR_TYPES:
+        return False
+    if aac.is_array_api_obj(x) and not isinstance(x, (bool, int, float, complex)):
+        if t is np.ndarray or t.__module__.split(".")[0] in ("torch", "jax", "jaxlib"):
+            _ARRAY_TYPES.add(t)
+        return True
+    return False
 
 
 def namespace(*xs: Any):
@@ -35,6 +52,17 @@ def namespace(*xs: Any):
     NumPy is the default when no argument is an array. Arrays from two libraries raise a
     ``TypeError`` naming both, instead of a silent conversion.
     """
+    key = tuple(map(type, xs))
+    xp = _NAMESPACES.get(key)
+    if xp is not None:
+        return xp
+    xp = _namespace(xs)
+    if all(t in _ARRAY_TYPES or t in _SCALAR_TYPES for t in key) and len(_NAMESPACES) < 512:
+        _NAMESPACES[key] = xp
+    return xp
+
+
+def _namespace(xs: tuple):
     arrays = [x for x in xs if is_array(x)]
     if not arrays:
         return aac.array_namespace(np.empty(0))
@@ -109,6 +137,18 @@ def put(dst: Any, value: Any) -> Any:
 
 def is_float_dtype(dtype, xp) -> bool:
     return xp.isdtype(dtype, "real floating")
+
+
+_INEXACT: dict = {}
+
+
+def is_inexact_dtype(dtype, xp) -> bool:
+    """``xp.isdtype(dtype, ("real floating", "complex floating"))``, remembered per dtype
+    (array-api-compat's torch ``isdtype`` costs microseconds, and losses ask per call)."""
+    r = _INEXACT.get(dtype)
+    if r is None:
+        r = _INEXACT[dtype] = bool(xp.isdtype(dtype, ("real floating", "complex floating")))
+    return r
 
 
 def float_dtype(x: Any, xp) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import asarrays, check_domain, device_of, is_array, is_eager
+from . import _ARRAY_TYPES, asarrays, check_domain, device_of, is_array, is_eager, is_inexact_dtype
 from . import fast
 
 __all__ = [
@@ -39,6 +39,8 @@ def quiet(fn):
     logs are reported by DomainError instead). No effect on other backends."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if args and type(args[0]) in _ARRAY_TYPES and type(args[0]) is not np.ndarray:
+            return fn(*args, **kwargs)  # a torch/JAX first argument: no NumPy maths follows
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return fn(*args, **kwargs)
     return wrapper
@@ -55,7 +57,7 @@ def to_float(x: Any, xp, dtype: Any = None) -> Any:
             return xp.asarray(x)
         x = xp.asarray(float(x), dtype=xp.float64 if dtype is None else dtype)
         return x
-    if xp.isdtype(x.dtype, ("real floating", "complex floating")):
+    if is_inexact_dtype(x.dtype, xp):
         return x
     return xp.astype(x, xp.float64 if dtype is None else dtype)
 

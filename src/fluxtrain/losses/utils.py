@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 from typing import Any, Callable, Union
 
-from .._backend import asarrays, device_of, eps_for, is_array
+from .._backend import asarrays, device_of, eps_for, is_array, is_inexact_dtype
 from .._backend.math import as_result, to_float
 from .._errors import DimensionMismatch
 
@@ -32,7 +32,10 @@ def check_sizes(yhat: Any, y: Any) -> None:
     """
     if not (is_array(yhat) and is_array(y)):
         return
-    a, b = tuple(yhat.shape), tuple(y.shape)
+    a, b = yhat.shape, y.shape
+    if a == b:
+        return
+    a, b = tuple(a), tuple(b)
     n = max(len(a), len(b))
     if (1,) * (n - len(a)) + a != (1,) * (n - len(b)) + b:
         raise DimensionMismatch(
@@ -87,7 +90,7 @@ def prepare(yhat: Any, y: Any):
     ybool = False
     if is_array(y):
         ybool = y.dtype == xp.bool
-        if not xp.isdtype(y.dtype, ("real floating", "complex floating")):
+        if not is_inexact_dtype(y.dtype, xp):
             y = xp.astype(y, yhat.dtype)
     return xp, yhat, y, ybool
 
@@ -107,5 +110,6 @@ def float_param(v: Any, yhat: Any, xp) -> Any:
         # Python arithmetic such as 0.5 * delta or 1 - beta matches Julia's Float32 maths.
         # (bfloat16 and other types NumPy lacks: left to the backend's own rounding.)
         name = str(yhat.dtype).rsplit(".", 1)[-1]
-        return float(np.asarray(v, dtype={"float16": np.float16, "float32": np.float32}.get(name, np.float64)))
+        with np.errstate(over="ignore"):  # 1e40 -> Float32 is Inf in Julia too, silently
+            return float(np.asarray(v, dtype={"float16": np.float16, "float32": np.float32}.get(name, np.float64)))
     return xp.astype(xp.asarray(v, device=device_of(yhat)), yhat.dtype) if not is_array(v) else xp.astype(v, yhat.dtype)
