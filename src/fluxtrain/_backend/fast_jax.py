@@ -399,6 +399,22 @@ def _merge(plan: _Plan, leaves: list) -> bool:
 
 # ------------------------------------------------------------------------------ kernel
 
+_ETAS: dict[tuple, list] = {}
+
+
+def _eta_arrays(etas: tuple) -> list:
+    """The learning rates as (weakly typed) JAX arrays, made once per value: a Python float
+    argument is copied to the device at every call, which on a GPU waits for the queue
+    (the step then no longer overlaps the previous one)."""
+    key = (etas, jax.config.jax_enable_x64)
+    a = _ETAS.get(key)
+    if a is None:
+        if len(_ETAS) >= 64:
+            del _ETAS[next(iter(_ETAS))]
+        a = _ETAS[key] = [jnp.asarray(e) for e in etas]
+    return a
+
+
 class Memo:
     """What a caller keeps between ``update_`` steps of one model (the whole-step route
     does): the last plan and its outputs, which are the next step's inputs when nothing
@@ -454,7 +470,7 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None):
     if memo is not None:
         memo.prev = None  # the donated arrays die now; only a completed step is remembered
     try:
-        outs = plan.fn(etas, don, keep)
+        outs = plan.fn(_eta_arrays(etas), don, keep)
     except _Mismatch:
         _PLANS.pop(key, None)
         _LAST.pop((spec, inplace), None)
