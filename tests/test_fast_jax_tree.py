@@ -89,6 +89,21 @@ def _same(a, b):
             assert x == y
 
 
+def _two_runs(rule, n=3, size=3, seed=0):
+    """Equal models and states for a routed run and a walker-only run."""
+    rng = np.random.default_rng(seed)
+    ma = [_arr(rng, size) for _ in range(n)]
+    mb = [a + 0 for a in ma]
+    return rng, ma, mb, ft.setup(rule, ma), ft.setup(rule, mb)
+
+
+def _step_both(sa, ma, sb, mb, g):
+    """One update_ routed (a) and one by the walker (b), with equal gradients."""
+    ft.update_(sa, ma, g)
+    with _walker_only():
+        ft.update_(sb, mb, jax.tree.map(lambda a: a + 0, g))
+
+
 RULES = [ft.Adam(0.01), ft.OptimiserChain(ft.ClipNorm(1.0), ft.WeightDecay(0.01), ft.Adam(0.01)),
          ft.Momentum(0.05), ft.Lion(0.01)]
 
@@ -188,17 +203,11 @@ def test_frozen_leaves_are_skipped_and_thawed_ones_resume(routed):
 
 
 def test_adjust_between_steps_is_seen(routed):
-    rng = np.random.default_rng(0)
-    ma, mb = [_arr(rng, 3) for _ in range(3)], None
-    mb = [a + 0 for a in ma]
-    sa, sb = ft.setup(ft.Descent(0.1), ma), ft.setup(ft.Descent(0.1), mb)
+    rng, ma, mb, sa, sb = _two_runs(ft.Descent(0.1))
     for eta in (0.1, 0.5, 0.05):
         ft.adjust_(sa, eta)
         ft.adjust_(sb, eta)
-        g = [_arr(rng, 3) for _ in range(3)]
-        ft.update_(sa, ma, g)
-        with _walker_only():
-            ft.update_(sb, mb, [a + 0 for a in g])
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(3)])
     _same(ma, mb)
     assert len(routed) == 3
 
@@ -260,16 +269,10 @@ def test_clipnorm_throw_raises_before_anything_changes(routed):
 
 
 def test_new_shapes_with_the_same_structure(routed):
-    rng = np.random.default_rng(0)
-    for n in (3, 5, 3):
-        ma = [_arr(rng, n) for _ in range(2)]
-        mb = [a + 0 for a in ma]
-        sa, sb = ft.setup(ft.Adam(0.1), ma), ft.setup(ft.Adam(0.1), mb)
+    for seed, n in enumerate((3, 5, 3)):
+        rng, ma, mb, sa, sb = _two_runs(ft.Adam(0.1), 2, n, seed)
         for _ in range(2):
-            g = [_arr(rng, n) for _ in range(2)]
-            ft.update_(sa, ma, g)
-            with _walker_only():
-                ft.update_(sb, mb, [a + 0 for a in g])
+            _step_both(sa, ma, sb, mb, [_arr(rng, n) for _ in range(2)])
         _same(ma, mb)
     assert len(routed) == 6  # one route for the structure; shapes are checked each step
 
@@ -280,10 +283,7 @@ def test_missing_gradient_subtrees():
     mb = jax.tree.map(lambda a: a + 0, ma)
     sa, sb = ft.setup(ft.Momentum(0.1), ma), ft.setup(ft.Momentum(0.1), mb)
     for _ in range(3):
-        g = {"a": None, "b": _arr(rng, 3)}
-        ft.update_(sa, ma, g)
-        with _walker_only():
-            ft.update_(sb, mb, {"a": None, "b": g["b"] + 0})
+        _step_both(sa, ma, sb, mb, {"a": None, "b": _arr(rng, 3)})
     _same(ma, mb)
 
 
@@ -303,10 +303,7 @@ def test_placement_change_is_seen(routed):
 def test_state_replaced_between_steps_is_seen(routed):
     """Consecutive steps reuse the last outputs by identity (fast_jax.Memo); a state or
     parameter changed in between must be read again."""
-    rng = np.random.default_rng(0)
-    ma = [_arr(rng, 3) for _ in range(3)]
-    mb = [a + 0 for a in ma]
-    sa, sb = ft.setup(ft.Adam(0.1), ma), ft.setup(ft.Adam(0.1), mb)
+    rng, ma, mb, sa, sb = _two_runs(ft.Adam(0.1))
     for t in range(5):
         if t == 2:  # new momenta (equal structure) and a new parameter array
             for s in (sa, sb):
@@ -314,10 +311,7 @@ def test_state_replaced_between_steps_is_seen(routed):
                 s[0].state = (m * 0.5, v + 1.0, b)
             ma[1] = ma[1] * 2.0
             mb[1] = mb[1] * 2.0
-        g = [_arr(rng, 3) for _ in range(3)]
-        ft.update_(sa, ma, g)
-        with _walker_only():
-            ft.update_(sb, mb, [a + 0 for a in g])
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(3)])
     _same(ma, mb)
     assert len(routed) == 5
 
@@ -325,10 +319,7 @@ def test_state_replaced_between_steps_is_seen(routed):
 def test_gradient_that_is_a_parameter(routed):
     """A gradient array that is also a parameter (or a state array) must not be donated:
     the identity shortcut sees it and the plan passes it once, undonated."""
-    rng = np.random.default_rng(0)
-    ma = [_arr(rng, 3) for _ in range(2)]
-    mb = [a + 0 for a in ma]
-    sa, sb = ft.setup(ft.Momentum(0.1), ma), ft.setup(ft.Momentum(0.1), mb)
+    rng, ma, mb, sa, sb = _two_runs(ft.Momentum(0.1), 2)
     for t in range(4):
         ga = [_arr(rng, 3), ma[0]] if t == 2 else [_arr(rng, 3), _arr(rng, 3)]
         gb = [ga[0] + 0, mb[0]] if t == 2 else [a + 0 for a in ga]
