@@ -342,3 +342,18 @@ def test_memo_does_not_keep_a_dropped_model_alive(routed):
     del m, s
     gc.collect()
     assert all(r() is None for r in refs)
+
+
+def test_rules_without_a_jax_kernel_take_the_walker(routed):
+    """A Scheduler (or a user's rule) has no registered JAX kernel: traced, a ClipNorm
+    inside it could not raise. The route must leave it to the walker, which raises."""
+    from fluxtrain.schedules import Exp
+    m = [jnp.ones(3), jnp.ones(2)]
+    rule = ft.Scheduler(lambda eta: ft.OptimiserChain(ft.ClipNorm(1.0), ft.Descent(eta)), eta=Exp(0.1, 0.5))
+    s = ft.setup(rule, m)
+    ft.update_(s, m, [jnp.ones(3), jnp.ones(2)])
+    before = [np.asarray(a).copy() for a in m]
+    with pytest.raises(DomainError):
+        ft.update_(s, m, [jnp.ones(3), jnp.array([1.0, jnp.inf])])
+    assert all((np.asarray(a) == b).all() for a, b in zip(m, before))
+    assert routed == []

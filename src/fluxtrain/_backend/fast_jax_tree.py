@@ -215,6 +215,11 @@ def _build(state, model, grad, sl, xl) -> _Route | None:
     x0 = first[1]
     if not isinstance(x0, jax.Array) or isinstance(x0, _Tracer):
         raise _NoRoute
+    if fast.lookup_backend(("update_", type(first[0].rule)), "jax") is None:
+        # only rules the JAX kernel is registered for, as for the walker: others (a
+        # Scheduler, a user's rule) may not behave the same when traced (a ClipNorm inside
+        # a Scheduler could not raise)
+        raise _NoRoute
     kinds: set = set()
     _kinds(model, kinds)
     if kinds and kinds <= {"dict", "list"}:
