@@ -178,3 +178,19 @@ def test_state_round_trip_resumes_the_step_counter(eager_backend, tmp_path):
         state, x = update_(state, x, g)
         resumed, y = update_(resumed, y, g)
     np.testing.assert_array_equal(b.to_numpy(x), b.to_numpy(y))
+
+
+def test_a_scheduled_clipnorm_error_leaves_other_groups_unwritten():
+    """Two groups, the first updated in place by a kernel, the second a Scheduler whose
+    ClipNorm(throw=True) raises: the walker must see the ClipNorm inside the Scheduler and
+    compute every group before writing any, so the first stays as it was."""
+    from fluxtrain import Adam, ClipNorm, DomainError, OptimiserChain
+    from fluxtrain.schedules import Exp
+    a, b = np.ones(4, np.float32), np.ones(3, np.float32)
+    model = {"a": a, "b": b}
+    sched = Scheduler(lambda eta: OptimiserChain(ClipNorm(1.0), Descent(eta)), eta=Exp(0.1, 0.5))
+    state = {"a": setup(Adam(0.1), {"a": a})["a"], "b": setup(sched, {"b": b})["b"]}
+    with pytest.raises(DomainError):
+        update_(state, model, {"a": np.ones(4, np.float32), "b": np.array([1.0, np.inf, 1.0], np.float32)})
+    np.testing.assert_array_equal(model["a"], np.ones(4, np.float32))
+    np.testing.assert_array_equal(model["b"], np.ones(3, np.float32))

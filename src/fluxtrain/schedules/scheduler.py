@@ -89,6 +89,11 @@ class Scheduler(Rule):
             raise TypeError(f"Scheduler: the constructor returned {type(rule).__name__}, not a rule")
         return rule
 
+    def subrules(self) -> tuple:
+        # the rule of step 1 stands for every step: schedules change hyper-parameters, not
+        # which rules run (so the walker sees a ClipNorm(throw=True) inside, for one)
+        return (self.rule_at(1),)
+
     def _traced_rule(self, t: Any) -> Rule:
         # Under jit the hyper-parameters are traced 0-d arrays: set the fields directly,
         # since constructors validate values (eta >= 0) that cannot be read while tracing.
