@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import device_of, is_array, is_writeable, namespace, placement, put
+from .._backend import _ARRAY_TYPES, device_of, is_array, is_writeable, namespace, placement, put
 from .._backend import fast
 from .._errors import ArgumentError, DimensionMismatch
 from .base import Masked, Replace, Rule
@@ -313,7 +313,7 @@ def _collect(s, x, g, path, out):
 
 
 def _collect_leaf(s, x, g, path, out):
-    if type(x) not in _ARRAY_TYPES and (not _is_array(x) or isinstance(x, np.generic)):
+    if type(x) not in _ARRAY_TYPES and (not is_array(x) or isinstance(x, np.generic)):
         raise _err(path, f"the state has a Leaf but the model has {type(x).__name__}; "
                          "the model's structure changed since setup")
     if g is _DOT:
@@ -374,29 +374,15 @@ def _from_mapping(g, keys, path, svals):
     return [g.get(k) for k in keys]
 
 
-# array types already seen to pass `is_array` (a per-type fact for the supported
-# libraries); a hit skips array-api-compat's chain of isinstance checks per leaf
-_ARRAY_TYPES: set = set()
 # pairs of (parameter type, gradient type) of one library, seen to pass the checks
 _SAME_LIB: set = set()
-
-
-def _is_array(x) -> bool:
-    t = type(x)
-    if t in _ARRAY_TYPES:
-        return True
-    if is_array(x):
-        if t is np.ndarray or t.__module__.split(".")[0] in ("torch", "jaxlib", "jax"):
-            _ARRAY_TYPES.add(t)
-        return True
-    return False
 
 
 def _check_grad(x, g, path):
     """``(g, placement of x)`` after checking g against x; g converted to x's dtype."""
     tg, tx = type(g), type(x)
     if tg is not tx and (tx, tg) not in _SAME_LIB:  # else: x is known to be an array, so is g
-        if not _is_array(g):
+        if not is_array(g):
             raise _err(path, f"expected a gradient array of shape {tuple(x.shape)}, got {tg.__name__}")
         if tg.__module__.split(".")[0] != tx.__module__.split(".")[0] and not _same_lib(x, g):
             raise TypeError(f"at `{format_path(path)}`: the gradient is a {tg.__module__}.{tg.__name__} "
