@@ -19,7 +19,7 @@ from .._errors import DomainError
 
 __all__ = [
     "namespace", "asarrays", "backend_name", "is_numpy", "is_torch", "is_jax",
-    "is_array", "is_writeable", "put", "float_dtype", "eps_for", "is_float_dtype",
+    "is_array", "is_writeable", "put", "float_dtype", "eps_for",
     "is_eager", "check_domain", "to_numpy", "device_of", "placement", "is_inexact_dtype",
 ]
 
@@ -135,10 +135,6 @@ def put(dst: Any, value: Any) -> Any:
     return value
 
 
-def is_float_dtype(dtype, xp) -> bool:
-    return xp.isdtype(dtype, "real floating")
-
-
 _INEXACT: dict = {}
 
 
@@ -155,7 +151,7 @@ def float_dtype(x: Any, xp) -> Any:
     """Julia's ``float(eltype(x))``: float dtypes stay, integers and bools become float64."""
     if is_array(x):
         dt = x.dtype
-        if xp.isdtype(dt, ("real floating", "complex floating")):
+        if is_inexact_dtype(dt, xp):
             return dt
         return xp.float64
     return xp.float64  # Python numbers: Julia's Float64
