@@ -118,10 +118,29 @@ def _throw_check(rule):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _all_finite_norms(clips, gs):
-    # the norm each array's first ClipNorm(throw=True) will compute, as it computes it: a
-    # non-finite one (inf/NaN entries, or finite entries whose norm overflows) must raise
-    return jnp.all(jnp.stack([jnp.isfinite(c.norm(g)) for c, g in zip(clips, gs) if c is not None]))
+def _checked_norms(clips, gs):
+    """Whether the norm each array's first ClipNorm(throw=True) will compute is finite (a
+    non-finite one, from inf/NaN entries or an overflowing sum, must raise), and those
+    norms, computed as the rule computes them. The step then uses them instead of
+    computing them again: at one large array that saves a read of the gradient from
+    memory. (Stacked, one buffer, when they share a dtype.)"""
+    norms = [c.norm(g) for c, g in zip(clips, gs) if c is not None]
+    ok = jnp.all(jnp.stack([jnp.isfinite(n) for n in norms]))
+    if len({n.dtype for n in norms}) == 1:
+        return ok, jnp.stack(norms)
+    return ok, tuple(norms)
+
+
+def _with_norm(rule, nrm):
+    """``rule`` whose ClipNorm found by ``_throw_check`` takes the norm ``nrm`` (from
+    ``_checked_norms``) instead of computing it."""
+    from ..optimise import ClipNorm
+    r = copy.copy(rule)
+    if isinstance(rule, ClipNorm):
+        object.__setattr__(r, "norm", lambda g: nrm)
+    else:  # a chain whose first rule sees the raw gradient
+        object.__setattr__(r, "opts", (_with_norm(rule.opts[0], nrm),) + tuple(rule.opts[1:]))
+    return r
 
 
 # ------------------------------------------------------------------------------ rules
@@ -246,7 +265,7 @@ class _Plan:
         self.out_map: tuple | None = None
         self.out_treedef = None
         step = functools.partial(_traced, self)
-        self.fn = jax.jit(step, donate_argnums=(1,)) if self.don_slots else jax.jit(step)
+        self.fn = jax.jit(step, donate_argnums=(2,)) if self.don_slots else jax.jit(step)
         self.reads_keep = False  # does out_map point at undonated inputs (set by the trace)?
         self.n_sx = n_state + k  # leaves of (states, xs); the gradients follow
         self._chains: bool | None = None
@@ -280,7 +299,7 @@ class _Plan:
         return tuple(zpos), tuple(cluster)
 
 
-def _traced(plan: _Plan, etas, don, keep):
+def _traced(plan: _Plan, etas, norms, don, keep):
     ops: list = [None] * plan.nslots
     for s, a in zip(plan.don_slots, don):
         ops[s] = a
@@ -294,8 +313,12 @@ def _traced(plan: _Plan, etas, don, keep):
     rules = [_fill(sk, it) for sk in spec.skeletons]
     firsts: dict = {}  # cluster -> the new 0-d state of its first array
     new_states, new_xs = [], []
+    n = 0  # the next of the pre-checked ClipNorm norms
     for i, (j, s, x, g) in enumerate(zip(spec.which, states, xs, gs)):
-        st, delta = rules[j].apply(s, x, g)
+        rule = rules[j]
+        if norms is not None and spec.throws[i] is not None:
+            rule, n = _with_norm(rule, norms[n]), n + 1
+        st, delta = rule.apply(s, x, g)
         c = plan.cluster_of[i]
         if c is not None:
             leaves, td = jax.tree.flatten(st)
@@ -452,8 +475,13 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None):
         spec, etas = _spec(rules)
     except TypeError:  # traced or unhashable hyper-parameters
         return NotImplemented
-    if spec.throws is not None and (spec.throws is False or not bool(_all_finite_norms(spec.throws, list(gs)))):
-        return NotImplemented  # the generic path raises ClipNorm's DomainError
+    norms = None
+    if spec.throws is not None:
+        if spec.throws is False:
+            return NotImplemented
+        ok, norms = _checked_norms(spec.throws, list(gs))
+        if not bool(ok):
+            return NotImplemented  # the generic path raises ClipNorm's DomainError
     p = memo.prev if memo is not None else None
     plan, leaves = _chained(p, spec, inplace, states, xs, gs) if p is not None else (None, None)
     if plan is not None:
@@ -470,7 +498,7 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None):
     if memo is not None:
         memo.prev = None  # the donated arrays die now; only a completed step is remembered
     try:
-        outs = plan.fn(_eta_arrays(etas), don, keep)
+        outs = plan.fn(_eta_arrays(etas), norms, don, keep)
     except _Mismatch:
         _PLANS.pop(key, None)
         _LAST.pop((spec, inplace), None)
