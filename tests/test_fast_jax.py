@@ -244,6 +244,24 @@ def test_traced_once(monkeypatch):
     assert traces == ["NAdam"]
 
 
+def test_clipnorm_step_uses_the_prechecked_norms(monkeypatch):
+    """The pre-check computes each ClipNorm(throw)'s norm once; the compiled step takes them
+    as inputs instead of reading the gradients again (the rule's own norm is not traced
+    there), and the result is the generic path's."""
+    calls = []
+    orig = ft.ClipNorm.norm
+    monkeypatch.setattr(ft.ClipNorm, "norm", lambda self, g: calls.append(g.shape) or orig(self, g))
+    model = {"a": jnp.linspace(-1.0, 2.0, 7, dtype=jnp.float32), "b": jnp.ones((2, 3), jnp.float32)}
+    grad = {"a": jnp.linspace(3.0, -4.0, 7, dtype=jnp.float32), "b": jnp.full((2, 3), 0.5, jnp.float32)}
+    rule = ft.OptimiserChain(ft.ClipNorm(1.2345), ft.WeightDecay(0.1), ft.Adam(0.1))  # clips "a" only
+    state, new = ft.update(ft.setup(rule, model), model, grad)
+    assert sorted(calls) == [(2, 3), (7,)]  # the pre-check's trace, nothing more
+    with fast.disabled():
+        _, ref = ft.update(ft.setup(rule, model), model, grad)
+    for k in model:
+        np.testing.assert_allclose(np.asarray(new[k]), np.asarray(ref[k]), rtol=1e-6)
+
+
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_clipnorm_throw_checks_before_donating(bad):
     model = {"a": jnp.ones(3), "b": jnp.ones(2)}
