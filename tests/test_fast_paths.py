@@ -404,6 +404,46 @@ def test_torch_logitcrossentropy_kernel(dtype, agg):
     assert kernel(inf, torch.tensor([[1.0, 0.0]]), -1, "mean") is None
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("agg", ["mean", "sum"])
+def test_torch_logitcrossentropy_bool_targets(dtype, agg):
+    """A bool one-hot target (onehotbatch's) takes F.cross_entropy's integer-label form:
+    Flux's strong zero gives -log_softmax(ŷ)[label], also where another class's logit is
+    -Inf; value and gradient equal the generic formula's. Rows with no True or several
+    take the generic path."""
+    torch = pytest.importorskip("torch")
+    from fluxtrain._backend import namespace
+    kernel = fast.lookup("logitcrossentropy", namespace(torch.zeros(1)))
+    rng = np.random.default_rng(2)
+    tdt = getattr(torch, dtype)
+    labels = rng.integers(0, 6, 19)
+    onehot = np.eye(6, dtype=bool)[labels]
+    logits = rng.standard_normal((19, 6)) * 3
+    logits[3, (labels[3] + 1) % 6] = -np.inf  # strong zero: finite in Flux, and here
+    multi = onehot.copy()
+    multi[4, (labels[4] + 2) % 6] = True
+    empty = onehot.copy()
+    empty[5] = False
+    cases = [(logits, onehot, True), (logits[:, :1], np.ones((19, 1), bool), True),
+             (logits.T.copy().T, np.asfortranarray(onehot), True),  # strided target
+             (logits, multi, False), (logits, empty, False)]
+    for lg, target, labelled in cases:
+        y = torch.from_numpy(np.array(target, order="K"))
+        assert (kernel(torch.tensor(lg, dtype=tdt), y, -1, agg, True) is not None) == labelled
+        a = torch.tensor(lg, dtype=tdt, requires_grad=True)
+        b = torch.tensor(lg, dtype=tdt, requires_grad=True)
+        out = ft.logitcrossentropy(a, y, agg=agg)
+        with fast.disabled():
+            ref = ft.logitcrossentropy(b, y, agg=agg)
+        assert out.dtype == ref.dtype == tdt and np.isfinite(ref.item())
+        rtol = 1e-6 if dtype == "float32" else 1e-13
+        np.testing.assert_allclose(out.item(), ref.item(), rtol=rtol)
+        out.backward()
+        ref.backward()
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=rtol,
+                                   atol=10 * rtol * float(b.grad.abs().max()))
+
+
 def test_jax_learning_rate_changes_do_not_recompile(monkeypatch):
     """adjust_(state, eta) every step (a schedule) reuses the compiled group step."""
     pytest.importorskip("jax")

@@ -341,19 +341,52 @@ def logitcrossentropy_torch(yhat, y, axis, agg, ybool=False):
     ``-sum(y * log_softmax(ŷ), class axis)``, then mean or sum over samples), forward and
     backward in torch's fused kernels. For ``ŷ`` and ``y`` already prepared by the loss.
 
-    Returns None (use the generic formula) unless: 2-D, class axis last, same float dtype,
-    a non-bool target (a bool target is Flux's strong zero, which torch does not have),
-    ``agg`` "mean" or "sum", and a result that is not NaN (NaN cases, e.g. infinite logits,
-    are redone by the generic path, which follows NNlib exactly).
+    A bool ``y`` (``onehotbatch``'s) with exactly one True per row is read as class labels:
+    Flux's strong zero makes the loss ``-log_softmax(ŷ)[label]``, which is what
+    ``F.cross_entropy`` computes from integer labels, the fastest form (no pass over a float
+    target, forward or backward).
+
+    Returns None (use the generic formula) unless: 2-D, class axis last, a target of ŷ's
+    float dtype or a one-hot bool one, ``agg`` "mean" or "sum", and a result that is not NaN
+    (NaN cases, e.g. infinite logits, or a float 0 target times a -Inf log-probability, are
+    redone by the generic path, which follows NNlib exactly).
     """
-    if (ybool or not isinstance(y, torch.Tensor) or yhat.ndim != 2 or y.shape != yhat.shape
-            or axis not in (-1, 1) or y.dtype != yhat.dtype or not yhat.dtype.is_floating_point
+    if (not isinstance(y, torch.Tensor) or yhat.ndim != 2 or y.shape != yhat.shape
+            or axis not in (-1, 1) or not yhat.dtype.is_floating_point
             or agg not in ("mean", "sum") or yhat.shape[0] == 0):
+        return None
+    if ybool:
+        y = _labels(y)
+        if y is None:
+            return None
+    elif y.dtype != yhat.dtype:
         return None
     out = F.cross_entropy(yhat, y, reduction=agg)
     if math.isnan(out.item()):  # item(): a tenth of bool(torch.isnan(out))'s cost
         return None
     return out
+
+
+def _labels(y: torch.Tensor) -> torch.Tensor | None:
+    """The column of the one True in each row of a 2-D bool ``y``, or None when a row has
+    none or several. On the CPU through NumPy's vectorised bool scans (torch's reductions
+    over bool rows are ~10x slower); elsewhere in torch."""
+    n, c = y.shape
+    if y.device.type == "cpu":
+        a = y.numpy()
+        if np.count_nonzero(a) != n:
+            return None
+        if c == 1:  # every row True
+            return torch.zeros(n, dtype=torch.int64)
+        idx = a.argmax(-1)
+        # n Trues in all, and each row's first True found: one per row
+        if np.count_nonzero(a.reshape(-1)[idx + np.arange(0, n * c, c)]) != n:
+            return None
+        return torch.from_numpy(idx)
+    idx = y.view(torch.uint8).argmax(-1)
+    if not bool((y.sum() == n) & y.gather(1, idx[:, None]).all()):
+        return None
+    return idx
 
 
 @fast.register("logitbinarycrossentropy", "torch")

@@ -100,11 +100,13 @@ def logitcrossentropy(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean
     """
     check_agg(agg)
     axis = _axis(axis)
-    xp, yhat, y, ybool = prepare(yhat, y)
+    xp, yhat, y, ybool = prepare(yhat, y, keep_bool=True)
     kernel = fast.lookup("logitcrossentropy", xp)  # one fused call where a backend has it
     out = kernel(yhat, y, axis, agg, ybool) if kernel is not None else None
     if out is not None:
         return as_result(out)
+    if ybool:
+        y = xp.astype(y, yhat.dtype)
     lsm = _logsoftmax(yhat, xp, axis)
     prod = y * lsm
     if ybool:

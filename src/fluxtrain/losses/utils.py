@@ -74,13 +74,14 @@ def _check_arg(x: Any, name: str) -> None:
         raise TypeError(f"{name} must be an array or a number, got {type(x).__name__}")
 
 
-def prepare(yhat: Any, y: Any):
+def prepare(yhat: Any, y: Any, keep_bool: bool = False):
     """``(xp, ŷ, y, y_was_bool)`` ready for a loss formula.
 
     Lists become arrays, the sizes are checked (Flux's order: before anything else), ŷ
     becomes floating (integers and bools compute in float64, Julia's ``float(Int)``), and a
     non-float array ``y`` takes ŷ's float dtype, as Julia's promotion does for Int/Bool
-    with a float. A Python-number ``y`` stays a Python number (weak in promotion).
+    with a float (a bool ``y`` stays bool with ``keep_bool``, for a kernel that reads it as
+    labels). A Python-number ``y`` stays a Python number (weak in promotion).
     """
     _check_arg(yhat, "ŷ (the prediction)")
     _check_arg(y, "y (the target)")
@@ -90,7 +91,7 @@ def prepare(yhat: Any, y: Any):
     ybool = False
     if is_array(y):
         ybool = y.dtype == xp.bool
-        if not is_inexact_dtype(y.dtype, xp):
+        if not (is_inexact_dtype(y.dtype, xp) or keep_bool and ybool):
             y = xp.astype(y, yhat.dtype)
     return xp, yhat, y, ybool
 
