@@ -105,12 +105,9 @@ def logitcrossentropy(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean
     out = kernel(yhat, y, axis, agg, ybool) if kernel is not None else None
     if out is not None:
         return as_result(out)
-    if ybool:
-        y = xp.astype(y, yhat.dtype)
     lsm = _logsoftmax(yhat, xp, axis)
-    prod = y * lsm
-    if ybool:
-        prod = xp.where(y != 0, prod, xp.zeros_like(prod))
+    # a bool y selects (Julia's strong zero: false * -Inf == 0), without a float copy of y
+    prod = xp.where(y, lsm, xp.zeros_like(lsm)) if ybool else y * lsm
     return aggregate(-xp.sum(prod, axis=axis, keepdims=True), agg, xp)
 
 
