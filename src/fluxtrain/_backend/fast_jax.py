@@ -123,12 +123,9 @@ def _checked_norms(clips, gs):
     non-finite one, from inf/NaN entries or an overflowing sum, must raise), and those
     norms, computed as the rule computes them. The step then uses them instead of
     computing them again: at one large array that saves a read of the gradient from
-    memory. (Stacked, one buffer, when they share a dtype.)"""
-    norms = [c.norm(g) for c, g in zip(clips, gs) if c is not None]
-    ok = jnp.all(jnp.stack([jnp.isfinite(n) for n in norms]))
-    if len({n.dtype for n in norms}) == 1:
-        return ok, jnp.stack(norms)
-    return ok, tuple(norms)
+    memory. Stacked into one buffer: a group's gradients share their parameters' dtype."""
+    norms = jnp.stack([c.norm(g) for c, g in zip(clips, gs) if c is not None])
+    return jnp.all(jnp.isfinite(norms)), norms
 
 
 def _with_norm(rule, nrm):
