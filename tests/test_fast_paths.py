@@ -444,6 +444,29 @@ def test_torch_logitcrossentropy_bool_targets(dtype, agg):
                                    atol=10 * rtol * float(b.grad.abs().max()))
 
 
+@pytest.mark.parametrize("via_numpy", [True, False])
+def test_torch_bool_target_labels(via_numpy):
+    """Both ways of reading labels from a bool target (NumPy on the CPU, torch elsewhere,
+    e.g. CUDA) agree, and refuse rows with no True or several."""
+    torch = pytest.importorskip("torch")
+    from fluxtrain._backend.fast_torch import _labels
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 7, 11)
+    onehot = np.eye(7, dtype=bool)[labels]
+    assert _labels(torch.from_numpy(onehot), via_numpy).tolist() == labels.tolist()
+    assert _labels(torch.from_numpy(onehot).T.contiguous().T, via_numpy).tolist() == labels.tolist()
+    assert _labels(torch.ones((5, 1), dtype=torch.bool), via_numpy).tolist() == [0] * 5
+    for r, extra in ((0, True), (4, False)):
+        bad = onehot.copy()
+        bad[r, (labels[r] + 1) % 7] = extra
+        if not extra:
+            bad[r] = False
+        assert _labels(torch.from_numpy(bad), via_numpy) is None
+    swapped = onehot.copy()
+    swapped[2], swapped[3] = False, np.eye(7, dtype=bool)[labels[2]] | np.eye(7, dtype=bool)[labels[3]]
+    assert _labels(torch.from_numpy(swapped), via_numpy) is None  # n Trues, but not one per row
+
+
 def test_jax_learning_rate_changes_do_not_recompile(monkeypatch):
     """adjust_(state, eta) every step (a schedule) reuses the compiled group step."""
     pytest.importorskip("jax")

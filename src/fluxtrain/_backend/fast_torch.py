@@ -367,12 +367,14 @@ def logitcrossentropy_torch(yhat, y, axis, agg, ybool=False):
     return out
 
 
-def _labels(y: torch.Tensor) -> torch.Tensor | None:
+def _labels(y: torch.Tensor, via_numpy: bool | None = None) -> torch.Tensor | None:
     """The column of the one True in each row of a 2-D bool ``y``, or None when a row has
     none or several. On the CPU through NumPy's vectorised bool scans (torch's reductions
     over bool rows are ~10x slower); elsewhere in torch."""
     n, c = y.shape
-    if y.device.type == "cpu":
+    if via_numpy is None:
+        via_numpy = y.device.type == "cpu"
+    if via_numpy:
         a = y.numpy()
         if np.count_nonzero(a) != n:
             return None
