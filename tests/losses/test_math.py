@@ -134,3 +134,39 @@ def test_torch_fast_path_falls_back_on_infinite_max():
     x = torch.tensor([[INF, 1.0, INF]])
     assert_close(F.softmax(x), [[0.5, 0.0, 0.5]], rtol=0)
     assert_close(F.logsoftmax(x), [[-np.log(2), -INF, -np.log(2)]], rtol=1e-7)
+
+
+@pytest.mark.parametrize("lib", ["torch", "jax"])
+def test_logsoftmax_gradient(lib):
+    """The autodiff backends' logsoftmax backward: NNlib's rrule, dy - sum(dy) * exp(y), and
+    zero for a row whose maximum is +Inf (a documented difference: NNlib's rule is finite
+    there); the fast path (torch's log_softmax) equals the generic one."""
+    x = np.array([[np.inf, 1.0, np.inf, 0.0], [0.5, 1.0, -2.0, 0.0], [1.0, -np.inf, 3.0, 2.0]], np.float32)
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    y = np.asarray(F.logsoftmax(x))
+    dy = np.where(np.isfinite(y), w, 0).astype(np.float32)  # the -Inf entries masked out
+    expect = dy - dy.sum(-1, keepdims=True) * np.exp(y)
+    expect[0] = 0.0
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+
+        def grad():
+            t = torch.tensor(x, requires_grad=True)
+            out = F.logsoftmax(t)
+            (torch.where(torch.isfinite(out), out, 0) * torch.tensor(w)).sum().backward()
+            return t.grad.numpy()
+    else:
+        jax = pytest.importorskip("jax")
+        jnp = jax.numpy
+
+        def f(a):
+            out = F.logsoftmax(a)
+            return jnp.sum(jnp.where(jnp.isfinite(out), out, 0) * w)
+
+        def grad():
+            return np.asarray(jax.jit(jax.grad(f))(jnp.asarray(x)))
+    got = grad()
+    with fast.disabled():
+        ref = grad()
+    for g in (got, ref):
+        np.testing.assert_allclose(g, expect, rtol=1e-6, atol=1e-6)
