@@ -368,6 +368,27 @@ def test_jax_gradient_aliasing_parameter_is_not_donated():
     np.testing.assert_allclose(np.asarray(model[0]), 0.9, rtol=1e-6)
 
 
+def _fast_loss_matches_generic(fast_call, loss, logits, y, dtype: str, agg: str):
+    """``fast_call(ŷ)`` (a torch loss through its kernel) equals ``loss`` on the generic path,
+    value and gradient; returns both values."""
+    import torch
+    tdt = getattr(torch, dtype)
+    a = torch.tensor(logits, dtype=tdt, requires_grad=True)
+    b = torch.tensor(logits, dtype=tdt, requires_grad=True)
+    out = fast_call(a)
+    assert out is not None
+    with fast.disabled():
+        ref = loss(b, y, agg=agg)
+    assert out.dtype == ref.dtype == tdt and out.shape == ref.shape
+    rtol = 1e-6 if dtype == "float32" else 1e-13
+    np.testing.assert_allclose(out.item(), ref.item(), rtol=rtol)
+    out.backward()
+    ref.backward()
+    np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=rtol,
+                               atol=10 * rtol * float(b.grad.abs().max()))
+    return out, ref
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("agg", ["mean", "sum"])
 def test_torch_logitcrossentropy_kernel(dtype, agg):
@@ -381,20 +402,11 @@ def test_torch_logitcrossentropy_kernel(dtype, agg):
     probs = rng.random((17, 5))
     probs /= probs.sum(1, keepdims=True)
     for target in (probs, np.eye(5)[rng.integers(0, 5, 17)]):
-        a = torch.tensor(logits, dtype=getattr(torch, dtype), requires_grad=True)
-        b = torch.tensor(logits, dtype=getattr(torch, dtype), requires_grad=True)
         y = torch.tensor(target, dtype=getattr(torch, dtype))
-        out = kernel(a, y, -1, agg)
-        assert out is not None and out.dtype == a.dtype and out.shape == ()
-        with fast.disabled():
-            ref = ft.logitcrossentropy(b, y, agg=agg)
-        rtol = 1e-6 if dtype == "float32" else 1e-13
-        np.testing.assert_allclose(out.item(), ref.item(), rtol=rtol)
-        out.backward()
-        ref.backward()
-        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=rtol,
-                                   atol=10 * rtol * float(b.grad.abs().max()))
-    # unsupported inputs fall back (None): bool targets, 3-D, other axis, callable agg, NaN
+        out, _ = _fast_loss_matches_generic(lambda a: kernel(a, y, -1, agg), ft.logitcrossentropy,
+                                            logits, y, dtype, agg)
+        assert out.shape == ()
+    # unsupported inputs fall back (None): bool rows without a True, 3-D, other axis, callable agg, NaN
     x = torch.zeros((3, 4))
     assert kernel(x, torch.zeros((3, 4), dtype=torch.bool), -1, "mean", True) is None
     assert kernel(torch.zeros((2, 3, 4)), torch.zeros((2, 3, 4)), -1, "mean") is None
@@ -430,18 +442,9 @@ def test_torch_logitcrossentropy_bool_targets(dtype, agg):
     for lg, target, labelled in cases:
         y = torch.from_numpy(np.array(target, order="K"))
         assert (kernel(torch.tensor(lg, dtype=tdt), y, -1, agg, True) is not None) == labelled
-        a = torch.tensor(lg, dtype=tdt, requires_grad=True)
-        b = torch.tensor(lg, dtype=tdt, requires_grad=True)
-        out = ft.logitcrossentropy(a, y, agg=agg)
-        with fast.disabled():
-            ref = ft.logitcrossentropy(b, y, agg=agg)
-        assert out.dtype == ref.dtype == tdt and np.isfinite(ref.item())
-        rtol = 1e-6 if dtype == "float32" else 1e-13
-        np.testing.assert_allclose(out.item(), ref.item(), rtol=rtol)
-        out.backward()
-        ref.backward()
-        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=rtol,
-                                   atol=10 * rtol * float(b.grad.abs().max()))
+        _, ref = _fast_loss_matches_generic(lambda a: ft.logitcrossentropy(a, y, agg=agg),
+                                            ft.logitcrossentropy, lg, y, dtype, agg)
+        assert np.isfinite(ref.item())
 
 
 @pytest.mark.parametrize("via_numpy", [True, False])
@@ -498,19 +501,9 @@ def test_torch_logitbinarycrossentropy_kernel(dtype, agg):
     rng = np.random.default_rng(1)
     logits = rng.standard_normal((13, 4)) * 4
     for target in (rng.random((13, 4)), (rng.random((13, 4)) < 0.5).astype(float)):
-        a = torch.tensor(logits, dtype=getattr(torch, dtype), requires_grad=True)
-        b = torch.tensor(logits, dtype=getattr(torch, dtype), requires_grad=True)
         y = torch.tensor(target, dtype=getattr(torch, dtype))
-        out = ft.logitbinarycrossentropy(a, y, agg=agg)  # through the loss's hook
-        with fast.disabled():
-            ref = ft.logitbinarycrossentropy(b, y, agg=agg)
-        rtol = 1e-6 if dtype == "float32" else 1e-13
-        assert out.dtype == ref.dtype and out.shape == ref.shape
-        np.testing.assert_allclose(out.item(), ref.item(), rtol=rtol)
-        out.backward()
-        ref.backward()
-        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=rtol,
-                                   atol=10 * rtol * float(b.grad.abs().max()))
+        _fast_loss_matches_generic(lambda a: ft.logitbinarycrossentropy(a, y, agg=agg),  # the loss's hook
+                                   ft.logitbinarycrossentropy, logits, y, dtype, agg)
 
 
 def test_torch_loss_hooks_are_used(monkeypatch):
