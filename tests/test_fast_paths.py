@@ -570,3 +570,23 @@ def test_error_in_a_later_group_leaves_earlier_groups_untouched(eager_backend):
     state2 = ft.setup(ft.Momentum(0.1), model)
     _, model2 = ft.update_(state2, model, g)
     np.testing.assert_array_equal(eager_backend.to_numpy(model2["a"]), before["a"] - np.float32(0.1))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_numpy_norm2_is_clipnorms_norm_bit_for_bit(dtype):
+    """The NumPy fast path's ClipNorm norm (squared segment by segment, no temporary) is the
+    rule's own ``sqrt(sum(g * g))``, bit for bit, on sizes around its segment and at random,
+    2-D, non-contiguous and overflowing arrays."""
+    from fluxtrain._backend.fast_numpy import _SEG, _norm2
+    rng = np.random.default_rng(4)
+    clip = ft.ClipNorm(1.0)
+    sizes = [1, 7, 129, _SEG - 1, _SEG, _SEG + 1, 2 * _SEG + 8, 3 * _SEG + 5, 1_000_003]
+    sizes += [int(n) for n in rng.integers(_SEG, 6 * _SEG, 12)]
+    arrays = [rng.standard_normal(n) * rng.uniform(0.01, 100) for n in sizes]
+    arrays += [rng.standard_normal((700, 450)), rng.standard_normal((900, 500))[:, ::2]]
+    with np.errstate(over="ignore"):  # float16 sums of squares overflow
+        for a in arrays:
+            g = a.astype(dtype)
+            np.testing.assert_array_equal(np.asarray(_norm2(g)), np.asarray(clip.norm(g)), strict=True)
+        big = np.full(3 * _SEG, 1e30 if dtype == "float32" else 1e200, dtype if dtype != "float16" else "float64")
+        assert np.isinf(_norm2(big)) and np.isinf(clip.norm(big))

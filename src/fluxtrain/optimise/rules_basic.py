@@ -338,11 +338,13 @@ class ClipNorm(Rule):
             nrm = xp.sum(a ** q) ** (1 / q)
         return nrm
 
-    def scale(self, x, g):
+    def scale(self, x, g, nrm=None):
         """The factor ``min(omega/norm(g), 1)`` in ``x``'s dtype (0-d), raising the
-        ``DomainError`` of ``throw`` on a non-finite norm (eagerly)."""
+        ``DomainError`` of ``throw`` on a non-finite norm (eagerly). ``nrm``: ``norm(g)``
+        already computed (a fast path's, equal bit for bit)."""
         xp = namespace(x)
-        nrm = self.norm(g)
+        if nrm is None:
+            nrm = self.norm(g)
         if self.throw and is_eager(nrm) and not bool(xp.isfinite(nrm)):
             raise DomainError(f"gradient has {float(self.p)}-norm {float(to_numpy(nrm))}, for array of shape "
                               f"{tuple(x.shape)} and dtype {x.dtype}")
