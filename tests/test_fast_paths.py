@@ -587,6 +587,10 @@ def test_numpy_norm2_is_clipnorms_norm_bit_for_bit(dtype):
     with np.errstate(over="ignore"):  # float16 sums of squares overflow
         for a in arrays:
             g = a.astype(dtype)
-            np.testing.assert_array_equal(np.asarray(_norm2(g)), np.asarray(clip.norm(g)), strict=True)
+            got = _norm2(g)
+            assert (got is None) == (g.size <= _SEG or dtype == "float16" or not g.flags.c_contiguous)
+            if got is not None:
+                np.testing.assert_array_equal(np.asarray(got), np.asarray(clip.norm(g)), strict=True)
         big = np.full(3 * _SEG, 1e30 if dtype == "float32" else 1e200, dtype if dtype != "float16" else "float64")
-        assert np.isinf(_norm2(big)) and np.isinf(clip.norm(big))
+        if dtype != "float16":
+            assert np.isinf(_norm2(big)) and np.isinf(clip.norm(big))

@@ -67,11 +67,11 @@ def _norm2(g: np.ndarray):
     8) down to blocks of 128; each segment of at most ``_SEG`` elements of that recursion is
     squared into a small reused buffer and summed by NumPy, so it is the same subtree, and
     the segments' sums are added in the same tree (tests compare the two on many sizes).
-    Other layouts and dtypes: the rule's own formula."""
+    None (the rule computes its own) for other arrays: torch tensors, small or strided
+    ones, float16 (whose sums accumulate in float32 and round once)."""
+    if type(g) is not np.ndarray or g.size <= _SEG or not g.flags.c_contiguous or g.dtype not in (np.float32, np.float64):
+        return None
     n = g.size
-    # (float16 sums accumulate in float32 and round once: segments would round each)
-    if n <= _SEG or not g.flags.c_contiguous or g.dtype not in (np.float32, np.float64):
-        return np.sqrt(np.sum(g * g))
     flat = g.reshape(-1)
     bufs = getattr(_LOCAL, "bufs", None)
     if bufs is None:

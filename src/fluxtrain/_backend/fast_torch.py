@@ -193,9 +193,12 @@ def _adam_fused(rules, states, xs, gs, inplace):
             return NotImplemented
         omega = torch.tensor([T(infos[i][1].omega) for i in clip_idx], dtype=dtype, device=dev)
         lam = torch.clamp(omega / norms, max=1.0)
+        # only the arrays actually clipped get a scaled copy (g * 1 is g: no copy, no pass)
+        cut = [(i, l) for i, l, v in zip(clip_idx, lam.unbind(), lam.tolist()) if v != 1.0]
         grads = list(gs)
-        for i, g in zip(clip_idx, torch._foreach_mul([gs[i] for i in clip_idx], list(lam.unbind()))):
-            grads[i] = g
+        if cut:
+            for (i, _), g in zip(cut, torch._foreach_mul([gs[i] for i, _ in cut], [l for _, l in cut])):
+                grads[i] = g
     if not inplace:
         xs = [_copy(x) for x in xs]
         ms = [_copy(m) for m in ms]
