@@ -366,6 +366,8 @@ def _grad_for(g, x, kind, keys, path, svals):
 
 def _from_mapping(g, keys, path, svals):
     """Children of a dict gradient; keys of non-trainable fields (state None) may be left out."""
+    if len(g) == len(keys) and all(map(g.__contains__, keys)):
+        return [g[k] for k in keys]  # the usual case: exactly the model's keys
     extra = [k for k in g if k not in keys]
     missing = [k for k, sv in zip(keys, svals) if k not in g and sv is not None]
     if extra or missing:
