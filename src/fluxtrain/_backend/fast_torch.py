@@ -24,7 +24,9 @@ in-place torch op would.
 """
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -59,6 +61,17 @@ def _like(a, x, dtype, cpu: bool, dev) -> bool:
     first: ``is_cpu`` is ~7x cheaper than reading ``.device``, at 1,000s of arrays a step.)"""
     return (isinstance(a, torch.Tensor) and (a.is_cpu if cpu else a.device == dev)
             and a.dtype == dtype and a.shape == x.shape)
+
+
+_IS_CPU, _DTYPE, _SHAPE = operator.attrgetter("is_cpu"), operator.attrgetter("dtype"), operator.attrgetter("shape")
+
+
+def _all_like(arrs, xs, dtype, cpu: bool, dev) -> bool:
+    """``_like`` for every pair, each test run over the whole list at once."""
+    return (all(map(isinstance, arrs, itertools.repeat(torch.Tensor)))
+            and (all(map(_IS_CPU, arrs)) if cpu else all(a.device == dev for a in arrs))
+            and all(map(dtype.__eq__, map(_DTYPE, arrs)))
+            and list(map(_SHAPE, arrs)) == list(map(_SHAPE, xs)))
 
 
 def _same_tensors(xs, arrs) -> bool:
@@ -147,33 +160,51 @@ def _adam_fused(rules, states, xs, gs, inplace):
     f = _np_type(dtype)
     n = len(xs)
     # -- pass 1: analyse each distinct rule once, check every state (nothing written yet)
-    analysed: dict[int, Any] = {}
-    infos: list = [None] * n
-    ms: list = [None] * n
-    vs: list = [None] * n
-    bt1: list = [None] * n
-    bt2: list = [None] * n
-    uniq: dict[int, Any] = {}
-    for i in range(n):
-        rule = rules[i]
-        info = analysed.get(id(rule), False)
-        if info is False:
-            info = analysed[id(rule)] = _adam_info(rule, T)
+    uniform = all(map(operator.is_, rules, itertools.repeat(rules[0], n)))
+    if uniform:  # the usual case (setup shares one rule): each check over whole lists, in C
+        info = _adam_info(rules[0], T)
         if info is None:
             return NotImplemented
-        inner = fast_numpy.base_state(states[i], info[0])
-        if not (isinstance(inner, tuple) and len(inner) == 3 and isinstance(inner[2], tuple) and len(inner[2]) == 2):
+        infos = [info] * n
+        inners = list(states) if info[0] else [fast_numpy.base_state(st, False) for st in states]
+        if not all(isinstance(st, tuple) and len(st) == 3 and isinstance(st[2], tuple) and len(st[2]) == 2
+                   for st in inners):
             return NotImplemented
-        m, v, (b1t, b2t) = inner
-        x = xs[i]
-        if not (_like(m, x, dtype, cpu, dev) and _like(v, x, dtype, cpu, dev)):
+        ms, vs, bts = (list(c) for c in zip(*inners))
+        bt1, bt2 = (list(c) for c in zip(*bts))
+        if not (_all_like(ms, xs, dtype, cpu, dev) and _all_like(vs, xs, dtype, cpu, dev)):
             return NotImplemented
-        for bt in (b1t, b2t):
-            if id(bt) not in uniq:
-                if not (isinstance(bt, torch.Tensor) and bt.dtype == dtype and bt.numel() == 1):
-                    return NotImplemented
-                uniq[id(bt)] = bt
-        infos[i], ms[i], vs[i], bt1[i], bt2[i] = info, m, v, b1t, b2t
+        uniq = {id(b): b for b in bt1 + bt2}
+        if not all(isinstance(b, torch.Tensor) and b.dtype == dtype and b.numel() == 1 for b in uniq.values()):
+            return NotImplemented
+    else:
+        analysed: dict[int, Any] = {}
+        infos = [None] * n
+        ms = [None] * n
+        vs = [None] * n
+        bt1 = [None] * n
+        bt2 = [None] * n
+        uniq = {}
+        for i in range(n):
+            rule = rules[i]
+            info = analysed.get(id(rule), False)
+            if info is False:
+                info = analysed[id(rule)] = _adam_info(rule, T)
+            if info is None:
+                return NotImplemented
+            inner = fast_numpy.base_state(states[i], info[0])
+            if not (isinstance(inner, tuple) and len(inner) == 3 and isinstance(inner[2], tuple) and len(inner[2]) == 2):
+                return NotImplemented
+            m, v, (b1t, b2t) = inner
+            x = xs[i]
+            if not (_like(m, x, dtype, cpu, dev) and _like(v, x, dtype, cpu, dev)):
+                return NotImplemented
+            for bt in (b1t, b2t):
+                if id(bt) not in uniq:
+                    if not (isinstance(bt, torch.Tensor) and bt.dtype == dtype and bt.numel() == 1):
+                        return NotImplemented
+                    uniq[id(bt)] = bt
+            infos[i], ms[i], vs[i], bt1[i], bt2[i] = info, m, v, b1t, b2t
     # the beta^t values (after the first step, Leafs with equal values share one tensor)
     if len(uniq) <= 8:
         val = {k: b.item() for k, b in uniq.items()}
@@ -208,7 +239,17 @@ def _adam_fused(rules, states, xs, gs, inplace):
     groups: dict[tuple, list[int]] = {}
     new_bt: dict[tuple, Any] = {}
     out: list = [None] * n
-    for i in range(n):
+    if (uniform and all(map(operator.is_, bt1, itertools.repeat(bt1[0], n)))
+            and all(map(operator.is_, bt2, itertools.repeat(bt2[0], n)))):
+        # one group, and the loop below would give every array the same new beta^t tensors
+        info = infos[0]
+        groups[info[2:] + (val[id(bt1[0])], val[id(bt2[0])])] = list(range(n))
+        nbt = (bt1[0] * info[4], bt2[0] * info[5])
+        news = [(m, v, nbt) for m, v in zip(ms, vs)]
+        if not info[0]:
+            news = [tuple(st[:-1]) + (new,) for st, new in zip(states, news)]
+        out = list(zip(news, itertools.repeat(None, n) if inplace else map(Replace, xs)))
+    for i in (range(0) if groups else range(n)):
         info = infos[i]
         p1, p2 = val[id(bt1[i])], val[id(bt2[i])]
         groups.setdefault(info[2:] + (p1, p2), []).append(i)
