@@ -92,13 +92,23 @@ def asarrays(*xs: Any):
 
 def backend_name(xp) -> str:
     """'numpy', 'torch', 'jax' or the namespace's module name."""
+    hit = _NAMES.get(id(xp))
+    if hit is not None and hit[0] is xp:
+        return hit[1]
     if aac.is_numpy_namespace(xp):
-        return "numpy"
-    if aac.is_torch_namespace(xp):
-        return "torch"
-    if aac.is_jax_namespace(xp):
-        return "jax"
-    return getattr(xp, "__name__", type(xp).__name__)
+        name = "numpy"
+    elif aac.is_torch_namespace(xp):
+        name = "torch"
+    elif aac.is_jax_namespace(xp):
+        name = "jax"
+    else:
+        name = getattr(xp, "__name__", type(xp).__name__)
+    if len(_NAMES) < 64:
+        _NAMES[id(xp)] = (xp, name)  # namespaces are modules: few, and kept alive here
+    return name
+
+
+_NAMES: dict[int, tuple] = {}
 
 
 def is_numpy(xp) -> bool:
