@@ -9,7 +9,6 @@ and JAX's jitted group step (XLA contracts a*b+c into FMAs) agree to a few ulps 
 from __future__ import annotations
 
 import contextlib
-
 import importlib.util
 
 import numpy as np

@@ -241,7 +241,7 @@ def _adam_fused(rules, states, xs, gs, inplace):
     out: list = [None] * n
     if (uniform and all(map(operator.is_, bt1, itertools.repeat(bt1[0], n)))
             and all(map(operator.is_, bt2, itertools.repeat(bt2[0], n)))):
-        # one group, and the loop below would give every array the same new beta^t tensors
+        # one group; every array gets the same new beta^t tensors, as the loop below gives
         info = infos[0]
         groups[info[2:] + (val[id(bt1[0])], val[id(bt2[0])])] = list(range(n))
         nbt = (bt1[0] * info[4], bt2[0] * info[5])
@@ -249,22 +249,23 @@ def _adam_fused(rules, states, xs, gs, inplace):
         if not info[0]:
             news = [tuple(st[:-1]) + (new,) for st, new in zip(states, news)]
         out = list(zip(news, itertools.repeat(None, n) if inplace else map(Replace, xs)))
-    for i in (range(0) if groups else range(n)):
-        info = infos[i]
-        p1, p2 = val[id(bt1[i])], val[id(bt2[i])]
-        groups.setdefault(info[2:] + (p1, p2), []).append(i)
-        # beta^t advances exactly as in the generic rule (bt * T(beta)); arrays with equal
-        # values share the new 0-d tensor (never mutated in place, so sharing is safe)
-        k1, k2 = (p1, info[4]), (p2, info[5])
-        n1 = new_bt.get(k1)
-        if n1 is None:
-            n1 = new_bt[k1] = bt1[i] * info[4]
-        n2 = new_bt.get(k2)
-        if n2 is None:
-            n2 = new_bt[k2] = bt2[i] * info[5]
-        new = (ms[i], vs[i], (n1, n2))
-        out[i] = (new if info[0] else tuple(states[i][:-1]) + (new,),
-                  None if inplace else Replace(xs[i]))  # None: written in place
+    else:
+        for i in range(n):
+            info = infos[i]
+            p1, p2 = val[id(bt1[i])], val[id(bt2[i])]
+            groups.setdefault(info[2:] + (p1, p2), []).append(i)
+            # beta^t advances exactly as in the generic rule (bt * T(beta)); arrays with equal
+            # values share the new 0-d tensor (never mutated in place, so sharing is safe)
+            k1, k2 = (p1, info[4]), (p2, info[5])
+            n1 = new_bt.get(k1)
+            if n1 is None:
+                n1 = new_bt[k1] = bt1[i] * info[4]
+            n2 = new_bt.get(k2)
+            if n2 is None:
+                n2 = new_bt[k2] = bt2[i] * info[5]
+            new = (ms[i], vs[i], (n1, n2))
+            out[i] = (new if info[0] else tuple(states[i][:-1]) + (new,),
+                      None if inplace else Replace(xs[i]))  # None: written in place
     step = _huge_step(dev)
     for (kind, eta, b1, b2, eps, wd, dec, p1, p2), idx in groups.items():
         c1 = float(f(1) - f(p1))
