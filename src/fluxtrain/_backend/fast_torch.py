@@ -78,9 +78,8 @@ def _same_tensors(xs, arrs) -> bool:
     """``_like`` for every pair. (Gradients need no such check: the walker has checked
     them against ``x``.)"""
     x0 = xs[0]
-    dtype, cpu = x0.dtype, x0.is_cpu
-    dev = None if cpu else x0.device
-    return all(_like(a, x, dtype, cpu, dev) for x, a in zip(xs, arrs))
+    cpu = x0.is_cpu
+    return _all_like(arrs, xs, x0.dtype, cpu, None if cpu else x0.device)
 
 
 # ------------------------------------------------------------------------- numba route
