@@ -25,6 +25,7 @@ class Timing:
     q1: float
     q3: float
     n: int
+    samples: tuple = ()  # every repetition's time, in repetition order (interleaved runs)
 
     @property
     def spread(self) -> float:
@@ -80,7 +81,7 @@ def interleaved(cases: dict[str, Callable[[], object]], reps: int, warmup: int =
     out = {}
     for name, ts in times.items():
         q1, med, q3 = _quartiles(ts)
-        out[name] = Timing(med, q1, q3, len(ts))
+        out[name] = Timing(med, q1, q3, len(ts), tuple(ts))
     return out
 
 
@@ -141,10 +142,19 @@ def fmt_ms(t: Timing | None) -> str:
     return f"{ms:.3g}" if ms < 10 else f"{ms:.1f}"
 
 
+def ratio(a: Timing, b: Timing) -> float:
+    """``a`` / ``b``: for two cases of one interleaved run, the median of the per-repetition
+    ratios (both ran within the same repetition, so a slow spell of a shared machine
+    divides out); otherwise the ratio of the medians."""
+    if a.samples and len(a.samples) == len(b.samples):
+        return statistics.median(x / y for x, y in zip(a.samples, b.samples))
+    return a.median / b.median
+
+
 def fmt_ratio(a: Timing | None, b: Timing | None) -> str:
     if a is None or b is None:
         return "n/a"
-    return f"{a.median / b.median:.2f}×"
+    return f"{ratio(a, b):.2f}×"
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
