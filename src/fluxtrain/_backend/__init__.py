@@ -82,6 +82,9 @@ def asarrays(*xs: Any):
     broadcasts); ``None`` stays ``None``.
     """
     xp = namespace(*xs)
+    types = tuple(map(type, xs))
+    if types and types[0] in _ARRAY_TYPES and types.count(types[0]) == len(types):
+        return xp, list(xs)  # arrays of one library, the usual call: nothing to convert
     out = []
     for x in xs:
         if isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and not is_numpy(xp)):

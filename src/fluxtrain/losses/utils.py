@@ -7,7 +7,7 @@ import numbers
 import numpy as np
 from typing import Any, Callable, Union
 
-from .._backend import _ARRAY_TYPES, asarrays, device_of, eps_for, is_array, is_inexact_dtype, namespace
+from .._backend import asarrays, device_of, eps_for, is_array, is_inexact_dtype
 from .._backend.math import as_result, to_float
 from .._errors import DimensionMismatch
 
@@ -83,12 +83,9 @@ def prepare(yhat: Any, y: Any, keep_bool: bool = False):
     with a float (a bool ``y`` stays bool with ``keep_bool``, for a kernel that reads it as
     labels). A Python-number ``y`` stays a Python number (weak in promotion).
     """
-    if type(yhat) is type(y) and type(y) in _ARRAY_TYPES:  # the usual call: nothing to convert
-        xp = namespace(yhat, y)
-    else:
-        _check_arg(yhat, "ŷ (the prediction)")
-        _check_arg(y, "y (the target)")
-        xp, (yhat, y) = asarrays(yhat, y)
+    _check_arg(yhat, "ŷ (the prediction)")
+    _check_arg(y, "y (the target)")
+    xp, (yhat, y) = asarrays(yhat, y)
     check_sizes(yhat, y)
     yhat = to_float(yhat, xp)
     ybool = False
