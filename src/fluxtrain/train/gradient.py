@@ -275,10 +275,10 @@ def _torch_withgradient(f: Callable, args: tuple, scalars_only: bool) -> WithGra
             vals.append(x.detach().requires_grad_(True))
     new_args = [w[0](vals) for w in walked]
     if torch.is_grad_enabled():  # the usual case: entering enable_grad costs ~25 µs a step
-        out, grads = _torch_value_grads(torch, f, new_args, vals)
+        out, grads = _torch_value_grads(f, new_args, vals)
     else:
         with torch.enable_grad():
-            out, grads = _torch_value_grads(torch, f, new_args, vals)
+            out, grads = _torch_value_grads(f, new_args, vals)
     # a bare loss tensor (the usual case) without the generic tree walk
     val = out.detach() if _is_torch_tensor(out) else tree_map(
         lambda v: v.detach() if _is_torch_tensor(v) else v, out)
@@ -287,7 +287,9 @@ def _torch_withgradient(f: Callable, args: tuple, scalars_only: bool) -> WithGra
     return WithGradient(val, tuple(w[1](grads) for w in walked))
 
 
-def _torch_value_grads(torch, f: Callable, args: list, vals: list) -> tuple[Any, list]:
+def _torch_value_grads(f: Callable, args: list, vals: list) -> tuple[Any, list]:
+    """``(f(*args), gradients of its scalar w.r.t. vals)``, under the caller's grad mode."""
+    import torch
     out = f(*args)
     y = _first(out)
     if _is_torch_tensor(y):
