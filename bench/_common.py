@@ -85,6 +85,20 @@ def interleaved(cases: dict[str, Callable[[], object]], reps: int, warmup: int =
     return out
 
 
+def cuda_time(fn: Callable[[], object], n: int, warmup: int = 1) -> float:
+    """Seconds per call of ``fn`` on a CUDA device, pipelined: ``warmup`` calls, then ``n``
+    calls between two synchronisations (the GPU's queue is drained before and after)."""
+    import torch
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

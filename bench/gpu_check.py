@@ -7,13 +7,14 @@ Prints one line per check; exits non-zero on a mismatch. Needs a CUDA build of t
 from __future__ import annotations
 
 import sys
-import time
 
 import numpy as np
 import torch
 
 import fluxtrain as ft
 from fluxtrain._backend import fast
+
+from _common import cuda_time
 
 
 def main() -> int:
@@ -82,14 +83,8 @@ def main() -> int:
     qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
     st = ft.setup(ft.Adam(), qs)
 
-    def tm(f, n=20):
-        f()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(n):
-            f()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t) / n * 1e3
+    def tm(f):
+        return cuda_time(f, 20) * 1e3
     for _ in range(2):
         print(f"Adam 10M/100 arrays: torch fused {tm(opt.step):.3f} ms, fluxtrain update_ {tm(lambda: ft.update_(st, qs, gs)):.3f} ms")
     return 1 if bad else 0

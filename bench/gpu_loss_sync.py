@@ -11,13 +11,14 @@ docs/performance.md.
 from __future__ import annotations
 
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 import fluxtrain as ft
 from fluxtrain._backend import fast
+
+from _common import cuda_time
 
 
 def _generic(loss):
@@ -32,14 +33,7 @@ def _us_per_step(model, opt, x, loss, steps: int = 200) -> float:
         opt.zero_grad(set_to_none=True)
         loss(model(x)).backward()
         opt.step()
-    for _ in range(5):
-        step()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / steps * 1e6
+    return cuda_time(step, steps, warmup=5) * 1e6
 
 
 def main() -> int:
