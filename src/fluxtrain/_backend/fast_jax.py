@@ -445,7 +445,7 @@ class Memo:
     __slots__ = ("prev", "owner")
 
     def __init__(self) -> None:
-        self.prev: tuple | None = None  # (plan, new_states, new_xs, their leaves, ids of those)
+        self.prev: tuple | None = None  # (plan, new_states, new_xs, their leaves, rules, etas)
         self.owner = None
 
     def clear(self, *_: Any) -> None:
@@ -458,8 +458,11 @@ def _chained(p, spec, inplace, states, xs, gs):
     plan = p[0]
     if (plan.inplace is inplace and (plan.spec is spec or plan.spec == spec) and len(states) == len(p[1])
             and len(xs) == len(p[2]) and all(map(operator.is_, states, p[1])) and all(map(operator.is_, xs, p[2]))):
+        # no gradient may be one of the arrays about to be donated. Asked of the outputs'
+        # ids one by one: a set of them, kept between steps, costs more (fresh allocations,
+        # cold after the compiled call)
         gids = set(map(id, gs))
-        if len(gids) == len(gs) and gids.isdisjoint(p[4]):
+        if len(gids) == len(gs) and not any(map(gids.__contains__, map(id, p[3]))):
             return plan, p[3] + list(gs)
     return None, None
 
@@ -468,10 +471,14 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None):
     """``(new_states, new_xs)`` for one group, or ``NotImplemented`` (see ``_update_jax``)."""
     if not xs or isinstance(xs[0], _Tracer) or any(issubclass(t, _Tracer) for t in set(map(type, gs))):
         return NotImplemented  # inside the user's own jit: the generic path is compiled anyway
-    try:
-        spec, etas = _spec(rules)
-    except TypeError:  # traced or unhashable hyper-parameters
-        return NotImplemented
+    p = memo.prev if memo is not None else None
+    if p is not None and len(rules) == len(p[4]) and all(map(operator.is_, rules, p[4])):
+        spec, etas = p[0].spec, p[5]  # the same rule objects as last step
+    else:
+        try:
+            spec, etas = _spec(rules)
+        except TypeError:  # traced or unhashable hyper-parameters
+            return NotImplemented
     norms = None
     if spec.throws is not None:
         if spec.throws is False:
@@ -479,7 +486,6 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None):
         ok, norms = _checked_norms(spec.throws, list(gs))
         if not bool(ok):
             return NotImplemented  # the generic path raises ClipNorm's DomainError
-    p = memo.prev if memo is not None else None
     plan, leaves = _chained(p, spec, inplace, states, xs, gs) if p is not None else (None, None)
     if plan is not None:
         key = plan.key
@@ -506,7 +512,7 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None):
     out = list(map(pool.__getitem__, plan.out_map))
     new_states, new_xs = plan.out_treedef.unflatten(out)
     if memo is not None and plan.chains():
-        memo.prev = (plan, new_states, new_xs, out, set(map(id, out)))
+        memo.prev = (plan, new_states, new_xs, out, rules, etas)
     return new_states, new_xs
 
 
