@@ -485,9 +485,20 @@ def test_torch_logitcrossentropy_bool_targets(dtype, agg):
 @pytest.mark.parametrize("via_numpy", [True, False])
 def test_torch_bool_target_labels(via_numpy):
     """Both ways of reading labels from a bool target (NumPy on the CPU, torch elsewhere,
-    e.g. CUDA) agree, and refuse rows with no True or several."""
+    e.g. CUDA) agree, and refuse rows with no True or several (torch's way: an unread
+    ``ok`` flag, and labels that are still valid class indices)."""
     torch = pytest.importorskip("torch")
-    from fluxtrain._backend.fast_torch import _labels
+    from fluxtrain._backend import fast_torch
+
+    def _labels(y, via_numpy):
+        res = fast_torch._labels(y, via_numpy)
+        if res is None:
+            return None
+        idx, ok = res
+        assert (ok is None) == via_numpy
+        assert idx.dtype == torch.int64 and idx.shape == (y.shape[0],)
+        assert ((idx >= 0) & (idx < y.shape[1])).all()
+        return idx if ok is None or ok.item() else None
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 7, 11)
     onehot = np.eye(7, dtype=bool)[labels]
@@ -503,6 +514,37 @@ def test_torch_bool_target_labels(via_numpy):
     swapped = onehot.copy()
     swapped[2], swapped[3] = False, np.eye(7, dtype=bool)[labels[2]] | np.eye(7, dtype=bool)[labels[3]]
     assert _labels(torch.from_numpy(swapped), via_numpy) is None  # n Trues, but not one per row
+
+
+@pytest.mark.parametrize("agg", ["mean", "sum"])
+def test_torch_logitcrossentropy_bool_targets_device_labels(monkeypatch, agg):
+    """The kernel with labels read the device's way (as on a GPU; forced here on the CPU):
+    the label check is read together with the NaN check, and a target with a row of no True
+    or several still gives None (generic path), a one-hot one the generic values."""
+    torch = pytest.importorskip("torch")
+    from fluxtrain._backend import fast_torch, namespace
+    orig = fast_torch._labels
+    calls = []
+    monkeypatch.setattr(fast_torch, "_labels", lambda y: calls.append(1) or orig(y, via_numpy=False))
+    kernel = fast.lookup("logitcrossentropy", namespace(torch.zeros(1)))
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 5, 13)
+    onehot = np.eye(5, dtype=bool)[labels]
+    logits = rng.standard_normal((13, 5)) * 2
+    logits[2, (labels[2] + 1) % 5] = -np.inf  # strong zero
+    multi, empty = onehot.copy(), onehot.copy()
+    multi[7, (labels[7] + 3) % 5] = True
+    empty[9] = False
+    for target, labelled in ((onehot, True), (multi, False), (empty, False)):
+        y = torch.from_numpy(target)
+        out = kernel(torch.tensor(logits, dtype=torch.float32), y, -1, agg, True)
+        assert (out is not None) == labelled
+        _fast_loss_matches_generic(lambda a: ft.logitcrossentropy(a, y, agg=agg),
+                                   ft.logitcrossentropy, logits, y, "float32", agg)
+    nan = torch.tensor(logits, dtype=torch.float32)
+    nan[0, 0] = float("nan")
+    assert kernel(nan, torch.from_numpy(onehot), -1, agg, True) is None
+    assert calls
 
 
 def test_jax_learning_rate_changes_do_not_recompile(monkeypatch):

@@ -373,22 +373,30 @@ def logitcrossentropy_torch(yhat, y, axis, agg, ybool=False):
             or axis not in (-1, 1) or not yhat.dtype.is_floating_point
             or agg not in ("mean", "sum") or yhat.shape[0] == 0):
         return None
+    ok = None
     if ybool:
-        y = _labels(y)
-        if y is None:
+        lab = _labels(y)
+        if lab is None:
             return None
+        y, ok = lab
     elif y.dtype != yhat.dtype:
         return None
     out = F.cross_entropy(yhat, y, reduction=agg)
-    if math.isnan(out.item()):  # item(): a tenth of bool(torch.isnan(out))'s cost
+    # item(): a tenth of bool(torch.isnan(out))'s cost. Labels not yet checked (a GPU's)
+    # are checked in the same read, so that the device is waited for once per call
+    v = out if ok is None else torch.where(ok, out.detach(), math.nan)
+    if math.isnan(v.item()):
         return None
     return out
 
 
-def _labels(y: torch.Tensor, via_numpy: bool | None = None) -> torch.Tensor | None:
-    """The column of the one True in each row of a 2-D bool ``y``, or None when a row has
-    none or several. On the CPU through NumPy's vectorised bool scans (torch's reductions
-    over bool rows are ~10x slower); elsewhere in torch."""
+def _labels(y: torch.Tensor, via_numpy: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(labels, ok)``: the column of the one True in each row of a 2-D bool ``y``, and
+    whether every row has exactly one. On the CPU through NumPy's vectorised bool scans
+    (torch's reductions over bool rows are ~10x slower): checked here, ``ok`` is None, and
+    None is returned for a row with none or several. Elsewhere in torch: ``ok`` is a 0-d
+    bool tensor on ``y``'s device, left unread (reading it waits for the device; the caller
+    reads it with its own result). The labels are always valid class indices."""
     n, c = y.shape
     if via_numpy is None:
         via_numpy = y.is_cpu
@@ -397,16 +405,14 @@ def _labels(y: torch.Tensor, via_numpy: bool | None = None) -> torch.Tensor | No
         if np.count_nonzero(a) != n:
             return None
         if c == 1:  # every row True
-            return torch.zeros(n, dtype=torch.int64)
+            return torch.zeros(n, dtype=torch.int64), None
         idx = a.argmax(-1)
         # n Trues in all, and each row's first True found: one per row
         if np.count_nonzero(a.reshape(-1)[idx + np.arange(0, n * c, c)]) != n:
             return None
-        return torch.from_numpy(idx)
+        return torch.from_numpy(idx), None
     idx = y.view(torch.uint8).argmax(-1)
-    if not bool((y.sum() == n) & y.gather(1, idx[:, None]).all()):
-        return None
-    return idx
+    return idx, (y.sum() == n) & y.gather(1, idx[:, None]).all()
 
 
 @fast.register("logitbinarycrossentropy", "torch")
