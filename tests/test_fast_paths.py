@@ -270,6 +270,73 @@ def test_one_rule_with_lagging_state(eager_backend, rule, monkeypatch):
     assert bulk or eager_backend.lib != "torch"  # torch: the fused path's bulk checks ran
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("lagging", [False, True], ids=["one-group", "lagging"])
+def test_torch_fused_adam_knows_beta_t_without_reading_it(dtype, lagging, monkeypatch):
+    """The fused Adam path reads the beta^t tensors on a Leaf's first step only (on a GPU each
+    read waits for the device): the host values it keeps for the tensors it makes equal
+    theirs bit for bit, a tensor changed in place is read again, and results stay the
+    generic path's (the one-group branch, and the per-array one with a lagging Leaf)."""
+    torch = pytest.importorskip("torch")
+    from tests.util import Backend
+    from fluxtrain._backend import fast_torch
+    b = Backend("torch")
+    reads = []
+    real_item = torch.Tensor.item
+
+    def run(disabled):
+        model = _model(b, dtype)
+        state = ft.setup(ft.Adam(0.01), model)
+        for i, g in enumerate(_grads(b, dtype, 6)):
+            if lagging and i == 1:
+                ft.freeze_(state["w"])
+            if lagging and i == 3:
+                ft.thaw_(state["w"])
+            if i == 4:  # written in place (as a checkpoint loaded into the state would be)
+                for t in {id(state[k].state[2][1]): state[k].state[2][1] for k in SHAPES}.values():
+                    t.mul_(0.5)  # once per tensor: the fused path's Leafs share theirs
+            if i >= 1 and not disabled:
+                reads.clear()
+                monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(t) or real_item(t))
+            with fast.disabled() if disabled else contextlib.nullcontext():
+                state, model = ft.update_(state, model, g)
+            monkeypatch.setattr(torch.Tensor, "item", real_item)
+            if not disabled and i >= 1:
+                # steps after the first read nothing, except after the in-place write
+                assert bool(reads) == (i == 4), (i, len(reads))
+            if not disabled:
+                for k in SHAPES:
+                    for t in state[k].state[2]:
+                        e = fast_torch._BT_HOST[id(t)]
+                        assert e[0]() is t and e[2] == t.item()
+        return model
+
+    m1, m2 = run(False), run(True)
+    for k in SHAPES:
+        _check(b.to_numpy(m1[k]), b.to_numpy(m2[k]), "torch", "Adam", dtype)
+
+
+def test_torch_fused_adam_under_inference_mode():
+    """beta^t tensors made under torch.inference_mode keep no version counter: not
+    remembered, read again next step; results as the generic path's."""
+    torch = pytest.importorskip("torch")
+    from tests.util import Backend
+    b = Backend("torch")
+
+    def run(disabled):
+        model = _model(b, "float32")
+        state = ft.setup(ft.Adam(0.01), model)
+        for i, g in enumerate(_grads(b, "float32", 4)):
+            with torch.inference_mode() if i % 2 else contextlib.nullcontext():
+                with fast.disabled() if disabled else contextlib.nullcontext():
+                    state, model = ft.update_(state, model, g)
+        return model
+
+    m1, m2 = run(False), run(True)
+    for k in SHAPES:
+        _check(b.to_numpy(m1[k]), b.to_numpy(m2[k]), "torch", "Adam", "float32")
+
+
 @pytest.mark.parametrize("name", ["Chain-Clip-WD-Adam", "Chain-Clip-Momentum"])
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # NumPy's, as in the rule
 @pytest.mark.parametrize("bad_value", [np.inf, 3e19], ids=["inf", "overflowing-norm"])

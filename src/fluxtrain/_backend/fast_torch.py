@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
+import weakref
 from typing import Any
 
 import numpy as np
@@ -143,6 +144,57 @@ def _adam_info(rule, T):
     return (base is rule, clip, kind, T(base.eta), T(base.beta[0]), T(base.beta[1]), eps, wd, dec)
 
 
+# The host value of each beta^t tensor the fused path made or read: reading a tensor on a
+# GPU (.item()) waits for everything queued before it, which every step would otherwise do.
+# Keyed by id; an entry counts only for the same tensor (weak reference) at the same version
+# (an in-place write, e.g. a checkpoint loaded into the state, bumps it).
+_BT_HOST: dict[int, tuple] = {}
+
+
+def _version(t) -> int | None:
+    try:
+        return t._version
+    except RuntimeError:  # an inference-mode tensor keeps no version counter
+        return None
+
+
+def _remember(t: torch.Tensor, value: float) -> None:
+    ver = _version(t)
+    if ver is not None:
+        k = id(t)
+        _BT_HOST[k] = (weakref.ref(t, lambda _, k=k: _BT_HOST.pop(k, None)), ver, value)
+
+
+def _bt_values(uniq: dict) -> dict:
+    """``{id: value}`` of the beta^t tensors in ``uniq`` (``{id: tensor}``), read from the
+    device only when not known (a Leaf's first step, or a tensor changed in place)."""
+    val: dict = {}
+    read: dict = {}
+    for k, b in uniq.items():
+        e = _BT_HOST.get(k)
+        if e is not None and e[0]() is b and e[1] == _version(b):
+            val[k] = e[2]
+        else:
+            read[k] = b
+    if read:
+        if len(read) <= 8:
+            got = [b.item() for b in read.values()]
+        else:
+            got = torch.stack([b.reshape(()) for b in read.values()]).tolist()
+        for (k, b), v in zip(read.items(), got):
+            val[k] = v
+            _remember(b, v)
+    return val
+
+
+def _next_bt(bt: torch.Tensor, value: float, beta: float, f) -> torch.Tensor:
+    """``bt * beta`` as the generic rule computes it, with its host value remembered (the
+    product of two floats of the dtype, correctly rounded on the host as on the device)."""
+    new = bt * beta
+    _remember(new, float(f(value) * f(beta)))
+    return new
+
+
 def _adam_fused(rules, states, xs, gs, inplace):
     from ..optimise.base import _caster_for
     if not _supported(xs):
@@ -179,10 +231,7 @@ def _adam_fused(rules, states, xs, gs, inplace):
     if not all(isinstance(b, torch.Tensor) and b.dtype == dtype and b.numel() == 1 for b in uniq.values()):
         return NotImplemented
     # the beta^t values (after the first step, Leafs with equal values share one tensor)
-    if len(uniq) <= 8:
-        val = {k: b.item() for k, b in uniq.items()}
-    else:
-        val = dict(zip(uniq, torch.stack([b.reshape(()) for b in uniq.values()]).tolist()))
+    val = _bt_values(uniq)
 
     # -- everything else that can fail, before any write: ClipNorm's norms (one multi-tensor
     # call; this path agrees to rounding anyway). A non-finite norm with throw=True goes to
@@ -217,7 +266,7 @@ def _adam_fused(rules, states, xs, gs, inplace):
         # one group; every array gets the same new beta^t tensors, as the loop below gives
         info = infos[0]
         groups[info[2:] + (val[id(bt1[0])], val[id(bt2[0])])] = list(range(n))
-        nbt = (bt1[0] * info[4], bt2[0] * info[5])
+        nbt = (_next_bt(bt1[0], val[id(bt1[0])], info[4], f), _next_bt(bt2[0], val[id(bt2[0])], info[5], f))
         news = [(m, v, nbt) for m, v in zip(ms, vs)]
         if not info[0]:
             news = [tuple(st[:-1]) + (new,) for st, new in zip(states, news)]
@@ -232,10 +281,10 @@ def _adam_fused(rules, states, xs, gs, inplace):
             k1, k2 = (p1, info[4]), (p2, info[5])
             n1 = new_bt.get(k1)
             if n1 is None:
-                n1 = new_bt[k1] = bt1[i] * info[4]
+                n1 = new_bt[k1] = _next_bt(bt1[i], p1, info[4], f)
             n2 = new_bt.get(k2)
             if n2 is None:
-                n2 = new_bt[k2] = bt2[i] * info[5]
+                n2 = new_bt[k2] = _next_bt(bt2[i], p2, info[5], f)
             new = (ms[i], vs[i], (n1, n2))
             out[i] = (new if info[0] else tuple(states[i][:-1]) + (new,),
                       None if inplace else Replace(xs[i]))  # None: written in place
