@@ -162,7 +162,9 @@ def _remember(t: torch.Tensor, value: float) -> None:
     ver = _version(t)
     if ver is not None:
         k = id(t)
-        _BT_HOST[k] = (weakref.ref(t, lambda _, k=k: _BT_HOST.pop(k, None)), ver, value)
+        # the dict itself in the callback: a tensor freed while the interpreter shuts down
+        # may call back after the module's globals are cleared
+        _BT_HOST[k] = (weakref.ref(t, lambda _, k=k, d=_BT_HOST: d.pop(k, None)), ver, value)
 
 
 def _bt_values(uniq: dict) -> dict:
