@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fast, fast_numpy
-from ..optimise.base import Replace
+from ..optimise.base import Replace, _caster_for
 
 _STEP_CACHE: dict[Any, torch.Tensor] = {}
 
@@ -197,26 +197,49 @@ def _next_bt(bt: torch.Tensor, value: float, beta: float, f) -> torch.Tensor:
     return new
 
 
+_INFOS: dict[tuple, tuple] = {}  # (id(rule), dtype) -> (rule, _adam_info): rules are frozen
+_CASTERS: dict = {}
+
+
+def _info(rule, dtype, T):
+    """``_adam_info`` remembered per rule object and dtype (the rule is kept, so that its id
+    stays its own): a step asks it for the same rule every time."""
+    hit = _INFOS.get((id(rule), dtype))
+    if hit is not None and hit[0] is rule:
+        return hit[1]
+    info = _adam_info(rule, T)
+    if len(_INFOS) >= 64:
+        del _INFOS[next(iter(_INFOS))]
+    _INFOS[(id(rule), dtype)] = (rule, info)
+    return info
+
+
+def _caster(dtype):
+    T = _CASTERS.get(dtype)
+    if T is None:
+        T = _CASTERS[dtype] = _caster_for(str(dtype).replace("torch.", ""))
+    return T
+
+
 def _adam_fused(rules, states, xs, gs, inplace):
-    from ..optimise.base import _caster_for
     if not _supported(xs):
         return NotImplemented
     x0 = xs[0]
     dtype, cpu = x0.dtype, x0.is_cpu
     dev = x0.device
-    T = _caster_for(str(dtype).replace("torch.", ""))
+    T = _caster(dtype)
     f = _np_type(dtype)
     n = len(xs)
     # -- pass 1: analyse each distinct rule once, check every state (nothing written yet);
     # each check runs over whole lists (in C), which at 1,000s of arrays a step matters
     uniform = all(map(operator.is_, rules, itertools.repeat(rules[0], n)))
     if uniform:  # the usual case: setup shares one rule
-        infos = [_adam_info(rules[0], T)] * n
+        infos = [_info(rules[0], dtype, T)] * n
     else:
         analysed: dict[int, Any] = {}
         for r in rules:
             if id(r) not in analysed:
-                analysed[id(r)] = _adam_info(r, T)
+                analysed[id(r)] = _info(r, dtype, T)
         infos = [analysed[id(r)] for r in rules]
     if None in infos:
         return NotImplemented
@@ -317,7 +340,6 @@ def _adam_fused(rules, states, xs, gs, inplace):
 def _uniform(cls, rules, states, xs, gs):
     """``(rule, caster)`` when every array has one bare ``cls`` rule with equal hyper-parameters
     and a single-tensor state laid out like ``x`` (what the foreach paths need), else None."""
-    from ..optimise.base import _caster_for
     if not all(type(r) is cls for r in rules) or not _supported(xs):
         return None
     if not _same_tensors(xs, states):
@@ -327,7 +349,7 @@ def _uniform(cls, rules, states, xs, gs):
     r0 = rules[0]
     if not all(r == r0 for r in rules):
         return None
-    return r0, _caster_for(str(xs[0].dtype).replace("torch.", ""))
+    return r0, _caster(xs[0].dtype)
 
 
 def _momentum_foreach(rules, states, xs, gs, inplace):
