@@ -295,6 +295,8 @@ def test_torch_fused_adam_knows_beta_t_without_reading_it(dtype, lagging, monkey
             if i == 4:  # written in place (as a checkpoint loaded into the state would be)
                 for t in {id(state[k].state[2][1]): state[k].state[2][1] for k in SHAPES}.values():
                     t.mul_(0.5)  # once per tensor: the fused path's Leafs share theirs
+                for t in {id(state[k].state[2][0]): state[k].state[2][0] for k in SHAPES}.values():
+                    t.data = t * 0.5  # new memory, no version bump
             if i >= 1 and not disabled:
                 reads.clear()
                 monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(t) or real_item(t))
@@ -308,7 +310,7 @@ def test_torch_fused_adam_knows_beta_t_without_reading_it(dtype, lagging, monkey
                 for k in SHAPES:
                     for t in state[k].state[2]:
                         e = fast_torch._BT_HOST[id(t)]
-                        assert e[0]() is t and e[2] == t.item()
+                        assert e[0]() is t and e[3] == t.item()
         return model
 
     m1, m2 = run(False), run(True)

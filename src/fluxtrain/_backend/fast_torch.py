@@ -147,7 +147,8 @@ def _adam_info(rule, T):
 # The host value of each beta^t tensor the fused path made or read: reading a tensor on a
 # GPU (.item()) waits for everything queued before it, which every step would otherwise do.
 # Keyed by id; an entry counts only for the same tensor (weak reference) at the same version
-# (an in-place write, e.g. a checkpoint loaded into the state, bumps it).
+# (an in-place write, e.g. a checkpoint loaded into the state, bumps it) and on the same
+# memory (``.data = ...`` swaps it without a version bump).
 _BT_HOST: dict[int, tuple] = {}
 
 
@@ -164,7 +165,7 @@ def _remember(t: torch.Tensor, value: float) -> None:
         k = id(t)
         # the dict itself in the callback: a tensor freed while the interpreter shuts down
         # may call back after the module's globals are cleared
-        _BT_HOST[k] = (weakref.ref(t, lambda _, k=k, d=_BT_HOST: d.pop(k, None)), ver, value)
+        _BT_HOST[k] = (weakref.ref(t, lambda _, k=k, d=_BT_HOST: d.pop(k, None)), ver, t.data_ptr(), value)
 
 
 def _bt_values(uniq: dict) -> dict:
@@ -174,8 +175,8 @@ def _bt_values(uniq: dict) -> dict:
     read: dict = {}
     for k, b in uniq.items():
         e = _BT_HOST.get(k)
-        if e is not None and e[0]() is b and e[1] == _version(b):
-            val[k] = e[2]
+        if e is not None and e[0]() is b and e[1] == _version(b) and e[2] == b.data_ptr():
+            val[k] = e[3]
         else:
             read[k] = b
     if read:
