@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fast, fast_numpy
-from ..optimise.base import Replace, _caster_for
+from ..optimise.base import Replace, caster
 
 _STEP_CACHE: dict[Any, torch.Tensor] = {}
 
@@ -199,7 +199,6 @@ def _next_bt(bt: torch.Tensor, value: float, beta: float, f) -> torch.Tensor:
 
 
 _INFOS: dict[tuple, tuple] = {}  # (id(rule), dtype) -> (rule, _adam_info): rules are frozen
-_CASTERS: dict = {}
 
 
 def _info(rule, dtype, T):
@@ -215,20 +214,13 @@ def _info(rule, dtype, T):
     return info
 
 
-def _caster(dtype):
-    T = _CASTERS.get(dtype)
-    if T is None:
-        T = _CASTERS[dtype] = _caster_for(str(dtype).replace("torch.", ""))
-    return T
-
-
 def _adam_fused(rules, states, xs, gs, inplace):
     if not _supported(xs):
         return NotImplemented
     x0 = xs[0]
     dtype, cpu = x0.dtype, x0.is_cpu
     dev = x0.device
-    T = _caster(dtype)
+    T = caster(x0)
     f = _np_type(dtype)
     n = len(xs)
     # -- pass 1: analyse each distinct rule once, check every state (nothing written yet);
@@ -350,7 +342,7 @@ def _uniform(cls, rules, states, xs, gs):
     r0 = rules[0]
     if not all(r == r0 for r in rules):
         return None
-    return r0, _caster(xs[0].dtype)
+    return r0, caster(xs[0])
 
 
 def _momentum_foreach(rules, states, xs, gs, inplace):
