@@ -85,6 +85,13 @@ def interleaved(cases: dict[str, Callable[[], object]], reps: int, warmup: int =
     return out
 
 
+def torch_mlp(d_in: int, hidden: int, d_out: int):
+    """The benchmarks' torch MLP: ``d_in → hidden → hidden → d_out`` with ReLUs."""
+    import torch
+    return torch.nn.Sequential(torch.nn.Linear(d_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden),
+                               torch.nn.ReLU(), torch.nn.Linear(hidden, d_out))
+
+
 def cuda_time(fn: Callable[[], object], n: int, warmup: int = 1) -> float:
     """Seconds per call of ``fn`` on a CUDA device, pipelined: ``warmup`` calls, then ``n``
     calls between two synchronisations (the GPU's queue is drained before and after)."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import fluxtrain as ft
 from fluxtrain._backend import fast
 
-from _common import cuda_time
+from _common import cuda_time, torch_mlp
 
 
 def _generic(loss):
@@ -43,8 +43,7 @@ def main() -> int:
     dev = torch.device("cuda")
     torch.manual_seed(0)
     for width, batch, classes in ((256, 128, 10), (4096, 1024, 10), (1024, 4096, 1000)):
-        model = torch.nn.Sequential(torch.nn.Linear(128, width), torch.nn.ReLU(), torch.nn.Linear(width, width),
-                                    torch.nn.ReLU(), torch.nn.Linear(width, classes)).to(dev)
+        model = torch_mlp(128, width, classes).to(dev)
         opt = torch.optim.Adam(model.parameters(), fused=True)
         x = torch.randn(batch, 128, device=dev)
         labels = torch.randint(0, classes, (batch,), device=dev)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import fluxtrain as ft
 
-from _common import cuda_time
+from _common import cuda_time, torch_mlp
 
 SIZES = ((256, 128, 10), (1024, 1024, 100), (4096, 1024, 10), (1024, 4096, 1000))  # width, batch, classes
 
@@ -31,8 +31,7 @@ def main(reps: int = 7) -> int:
     dev = torch.device("cuda")
     torch.manual_seed(0)
     for width, batch, classes in SIZES:
-        base = torch.nn.Sequential(torch.nn.Linear(128, width), torch.nn.ReLU(), torch.nn.Linear(width, width),
-                                   torch.nn.ReLU(), torch.nn.Linear(width, classes)).to(dev)
+        base = torch_mlp(128, width, classes).to(dev)
         x = torch.randn(batch, 128, device=dev)
         labels = torch.randint(0, classes, (batch,), device=dev)
         m_ft, m_t = copy.deepcopy(base), copy.deepcopy(base)

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from _common import fmt_ms, fmt_ratio, interleaved, md_table
+from _common import fmt_ms, fmt_ratio, interleaved, md_table, torch_mlp
 
 
 def _data(n, d, c, seed=0):
@@ -33,9 +33,7 @@ def _torch_cases(x, y, labels, batch, hidden) -> dict[str, Callable]:
 
     def mlp():
         torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
-                                   torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
-                                   torch.nn.Linear(hidden, y.shape[1]))
+        return torch_mlp(x.shape[1], hidden, y.shape[1])
 
     def loss(m, xb, yb):
         return ft.logitcrossentropy(m(xb), yb)
