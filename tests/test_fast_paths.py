@@ -311,11 +311,15 @@ def test_torch_fused_adam_knows_beta_t_without_reading_it(dtype, lagging, monkey
                     for t in state[k].state[2]:
                         e = fast_torch._BT_HOST[id(t)]
                         assert e[0]() is t and e[3] == t.item()
-        return model
+        return model, state
 
-    m1, m2 = run(False), run(True)
+    (m1, s1), (m2, s2) = run(False), run(True)
     for k in SHAPES:
         _check(b.to_numpy(m1[k]), b.to_numpy(m2[k]), "torch", "Adam", dtype)
+        # the fused path's beta^t tensors (made from the kept host values on the CPU) hold
+        # the generic path's bt * beta bit for bit
+        for t1, t2 in zip(s1[k].state[2], s2[k].state[2]):
+            assert t1.dtype == t2.dtype and t1.item() == t2.item()
 
 
 def test_torch_fused_adam_under_inference_mode():

@@ -30,11 +30,13 @@ and, per group, calls::
   (``delta`` an array to subtract, ``None``, ``Masked`` or ``Replace``), or
   ``NotImplemented`` to fall back to the reference loop ``[r.apply(s, x, g) ...]``.
 
-Whole-step route (key ``"update_tree"``, JAX only)
---------------------------------------------------
+Whole-step routes (keys ``"update_tree"`` for JAX, ``"update_module"`` for torch)
+------------------------------------------------------------------------------
 ``update_``/``update`` first offer the whole step to ``route(state, model, grad, *,
-pure)``, which returns ``(state, model)`` or None (then the walker runs): see
-:mod:`fluxtrain._backend.fast_jax_tree`.
+pure)`` (JAX trees: :mod:`fluxtrain._backend.fast_jax_tree`), and ``update_`` of a
+``torch.nn.Module`` to ``route(state, model, grad)`` (:mod:`fluxtrain._backend.fast_torch_tree`).
+A route returns ``(state, model)`` or None (then the walker runs); it calls the same
+group dispatch and commits as the walker does.
 
 Results must equal the reference loop (bit for bit where the backend allows; tests compare
 against ``with fast.disabled():``).

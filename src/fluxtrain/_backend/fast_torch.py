@@ -193,8 +193,11 @@ def _bt_values(uniq: dict) -> dict:
 def _next_bt(bt: torch.Tensor, value: float, beta: float, f) -> torch.Tensor:
     """``bt * beta`` as the generic rule computes it, with its host value remembered (the
     product of two floats of the dtype, correctly rounded on the host as on the device)."""
-    new = bt * beta
-    _remember(new, float(f(value) * f(beta)))
+    v = float(f(value) * f(beta))
+    # on the CPU a new 0-d tensor holding the (exact) value costs half the multiplication;
+    # on a device the multiplication is queued, where a copy from the host would wait
+    new = torch.scalar_tensor(v, dtype=bt.dtype) if bt.is_cpu else bt * beta
+    _remember(new, v)
     return new
 
 
@@ -386,16 +389,11 @@ def _lion_foreach(rules, states, xs, gs, inplace):
 
 # ------------------------------------------------------------------------- dispatch
 
-def _is_adam_family(rules) -> bool:
-    from ..optimise import Adam, AdamW
-    info = fast_numpy._base_and_prefix(rules[0])
-    return info is not None and isinstance(info[0], (Adam, AdamW))
-
-
 def _update_torch(rules, states, xs, gs, *, inplace):
     if not xs:
         return NotImplemented
-    if _is_adam_family(rules):
+    x0 = xs[0]
+    if _supported(xs) and _info(rules[0], x0.dtype, caster(x0)) is not None:  # the Adam family
         res = _adam_fused(rules, states, xs, gs, inplace)
         if res is not NotImplemented:
             return res
@@ -494,3 +492,5 @@ def logitbinarycrossentropy_torch(yhat, y, agg):
     if math.isnan(out.item()):
         return None
     return out
+
+from . import fast_torch_tree  # noqa: E402,F401  (registers the whole-step route for modules)

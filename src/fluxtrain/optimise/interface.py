@@ -13,7 +13,10 @@ Phase 2 groups the arrays by (rule type, array type, dtype, device) and hands ea
 
 For JAX models a whole step may be taken by the route registered under ``"update_tree"``
 (:mod:`fluxtrain._backend.fast_jax_tree`): the same phases with the walk done by
-``jax.tree.flatten``, the pairing taken from phase 1 once per tree structure.
+``jax.tree.flatten``, the pairing taken from phase 1 once per tree structure. ``update_``
+of a ``torch.nn.Module`` may be taken by ``"update_module"``
+(:mod:`fluxtrain._backend.fast_torch_tree`): the walk follows a remembered plan of the
+module's structure, checked at every module.
 """
 from __future__ import annotations
 
@@ -147,6 +150,12 @@ def _update(state, model, grad, pure):
             f"Invalid input to `update{'' if pure else '_'}`: the first argument must be the optimiser "
             f"state, not the rule {state!r}. You need `state = setup(rule, model)` first, then "
             f"`update{'' if pure else '_'}(state, model, grad)`.")
+    if not pure and "torch" in sys.modules and _tree._is_module(model):
+        # a torch module's whole step, walked by a plan of its structure (fast_torch_tree)
+        route = fast.lookup_backend("update_module", "torch")
+        out = None if route is None else route(state, model, grad)
+        if out is not None:
+            return out
     if "jax" in sys.modules:
         if not _tree._PYTREE_DONE:
             _tree._register_pytree()

@@ -1,0 +1,384 @@
+"""The torch whole-step route for modules (``fluxtrain._backend.fast_torch_tree``): it must
+give exactly what the walker gives (same dispatch, same commit: bit for bit), take the
+route where it should, and leave every case it cannot vouch for to the walker, including
+each thing a module's remembered structure does not pin down (tables changed since the
+plan, frozen or tied Leafs, gradients of another shape or dtype, missing gradients).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+import fluxtrain as ft
+from fluxtrain import DimensionMismatch, DomainError
+from fluxtrain._backend import fast
+
+torch = pytest.importorskip("torch")
+FT = pytest.importorskip("fluxtrain._backend.fast_torch_tree")
+nn = torch.nn
+
+_KEY = ("update_module", "torch")
+
+
+@pytest.fixture
+def routed(monkeypatch):
+    """Counts the steps the route completes (its call of the group dispatch)."""
+    calls = []
+    real = FT.apply_group
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+    monkeypatch.setattr(FT, "apply_group", counting)
+    FT._PLANS.clear()
+    return calls
+
+
+class _walker_only:
+    def __enter__(self):
+        self.saved = fast._REGISTRY.pop(_KEY)
+
+    def __exit__(self, *exc):
+        fast._REGISTRY[_KEY] = self.saved
+
+
+def _mlp(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 7, bias=False), nn.Tanh(),
+                         nn.Sequential(nn.Linear(7, 3), nn.BatchNorm1d(3))).to(dtype)
+
+
+def _batch(i, dtype=torch.float32):
+    g = torch.Generator().manual_seed(100 + i)
+    return torch.randn(8, 5, generator=g, dtype=dtype)
+
+
+def _loss(m, x):
+    return (m(x) ** 2).mean()
+
+
+RULES = {
+    "Adam": lambda: ft.Adam(0.01),
+    "AdamW": lambda: ft.AdamW(0.01),
+    "Momentum": lambda: ft.Momentum(0.01),
+    "Lion": lambda: ft.Lion(0.001),
+    "Descent": lambda: ft.Descent(0.1),  # no kernel: the generic rule, committed by the route
+    "Chain": lambda: ft.OptimiserChain(ft.ClipNorm(0.5), ft.WeightDecay(0.01), ft.Adam(0.01)),
+    "RAdam": lambda: ft.RAdam(0.01),
+}
+
+
+def _run(rule, steps, *, via, walker=False, edit=None, dtype=torch.float32):
+    """Train a fresh MLP ``steps`` steps; ``via`` 'grad' (withgradient's dict tree) or 'dot'
+    (``.grad``); ``edit(i, model, state)`` may change things before step i."""
+    model = _mlp(dtype=dtype)
+    state = ft.setup(rule, model)
+    ctx = _walker_only() if walker else _nullcontext()
+    with ctx:
+        for i in range(steps):
+            if edit is not None:
+                edit(i, model, state)
+            x = _batch(i, dtype)
+            if via == "grad":
+                g = ft.gradient(lambda m: _loss(m, x), model)[0]
+                state, model = ft.update_(state, model, g)
+            else:
+                model.zero_grad(set_to_none=True)
+                _loss(model, x).backward()
+                state, model = ft.update_(state, model)
+    return model, state
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _same(a, b):
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k
+
+
+def _same_state(s1, s2):
+    l1 = [l for _, l in ft.optimise.tree.leaves(s1)]
+    l2 = [l for _, l in ft.optimise.tree.leaves(s2)]
+    assert len(l1) == len(l2)
+    for a, b in zip(l1, l2):
+        fa = [t for t in _tensors(a.state)]
+        fb = [t for t in _tensors(b.state)]
+        assert len(fa) == len(fb)
+        for ta, tb in zip(fa, fb):
+            assert torch.equal(ta, tb)
+
+
+def _tensors(s):
+    if isinstance(s, torch.Tensor):
+        yield s
+    elif isinstance(s, (tuple, list)):
+        for v in s:
+            yield from _tensors(v)
+
+
+@pytest.mark.parametrize("via", ["grad", "dot"])
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_route_equals_walker(name, via, routed):
+    m1, s1 = _run(RULES[name](), 4, via=via)
+    assert len(routed) == 4  # every step took the route
+    m2, s2 = _run(RULES[name](), 4, via=via, walker=True)
+    assert len(routed) == 4
+    _same(m1, m2)
+    _same_state(s1, s2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_route_dtypes(dtype, routed):
+    m1, _ = _run(ft.Adam(0.01), 3, via="grad", dtype=dtype)
+    m2, _ = _run(ft.Adam(0.01), 3, via="grad", dtype=dtype, walker=True)
+    assert len(routed) == 3
+    _same(m1, m2)
+
+
+def _check_edit(edit, *, routed_steps, routed, via="grad", steps=4):
+    m1, s1 = _run(ft.Adam(0.01), steps, via=via, edit=edit)
+    assert len(routed) == routed_steps
+    m2, s2 = _run(ft.Adam(0.01), steps, via=via, edit=edit, walker=True)
+    _same(m1, m2)
+    _same_state(s1, s2)
+
+
+def test_frozen_and_thawed_leaf(routed):
+    def edit(i, model, state):
+        if i == 1:
+            ft.freeze_(state["0"])
+        if i == 3:
+            ft.thaw_(state["0"])
+    _check_edit(edit, routed_steps=4, routed=routed)
+
+
+def test_requires_grad_false_skips(routed):
+    def edit(i, model, state):
+        model[0].bias.requires_grad_(i % 2 == 0)
+    _check_edit(edit, routed_steps=4, routed=routed)
+    _check_edit(edit, routed_steps=8, routed=routed, via="dot")
+
+
+def test_every_array_frozen_leaves_it_to_the_walker(routed):
+    def edit(i, model, state):
+        if i == 2:
+            ft.freeze_(state)
+    _check_edit(edit, routed_steps=2, routed=routed)
+
+
+def test_parameter_replaced_between_steps(routed):
+    """A new Parameter object under the same name: the plan still fits, and the route
+    updates the new one (as the walker does, with the Leaf's state)."""
+    def edit(i, model, state):
+        if i == 2:
+            model[0].weight = nn.Parameter(model[0].weight.detach().clone() * 0.5)
+    _check_edit(edit, routed_steps=4, routed=routed)
+
+
+def test_tables_changed_replans(routed):
+    """A module added, or a parameter removed, after setup: the state no longer fits, and
+    the walker raises its error; a matching new state takes the route again."""
+    model = _mlp()
+    state = ft.setup(ft.Adam(0.01), model)
+    x = _batch(0)
+    g = ft.gradient(lambda m: _loss(m, x), model)[0]
+    ft.update_(state, model, g)
+    assert len(routed) == 1
+    model.append(nn.Linear(3, 2))
+    g = ft.gradient(lambda m: _loss(m, x), model)[0]
+    with pytest.raises(DimensionMismatch):
+        ft.update_(state, model, g)
+    assert len(routed) == 1
+    state = ft.setup(ft.Adam(0.01), model)
+    ft.update_(state, model, g)
+    assert len(routed) == 2
+    model[2].weight = None  # a parameter set to None
+    model[2].register_parameter("weight", None)
+    g = ft.gradient(lambda m: m[0](x).sum(), model)[0]
+    with _walker_only():
+        with pytest.raises(Exception) as walker_err:
+            ft.update_(state, model, g)
+    with pytest.raises(type(walker_err.value)) as err:
+        ft.update_(state, model, g)
+    assert str(err.value) == str(walker_err.value)
+    assert len(routed) == 2
+
+
+@pytest.mark.parametrize("change", ["parameter", "child"])
+def test_module_grown_after_setup_gets_the_walkers_error(change, routed):
+    """The state and a ``.grad`` step still fit the plan, but the module's tables changed:
+    the walker's error, not a step that silently leaves the new entry out."""
+    model = _mlp()
+    state = ft.setup(ft.Adam(0.01), model)
+    x = _batch(0)
+    _loss(model, x).backward()
+    ft.update_(state, model)
+    assert len(routed) == 1
+    if change == "parameter":
+        model[0].extra = nn.Parameter(torch.ones(2))
+    else:
+        model[0].sub = nn.Linear(2, 2)
+    model.zero_grad()
+    (_loss(model, x) + sum(p.sum() for p in model[0].parameters())).backward()
+    with pytest.raises(DimensionMismatch, match="keys"):
+        ft.update_(state, model)
+    assert len(routed) == 1
+
+
+def test_tied_weights_go_to_the_walker(routed):
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = nn.Linear(4, 4)
+            self.b.weight = self.a.weight
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    def run(walker):
+        torch.manual_seed(0)
+        m = Tied()
+        s = ft.setup(ft.Adam(0.01), m)
+        with _walker_only() if walker else _nullcontext():
+            for i in range(3):
+                x = torch.randn(2, 4, generator=torch.Generator().manual_seed(i))
+                g = ft.gradient(lambda mm: mm(x).pow(2).sum(), m)[0]
+                s, m = ft.update_(s, m, g)
+        return m
+
+    m1 = run(False)
+    assert len(routed) == 0
+    _same(m1, run(True))
+
+
+def test_shared_submodule_goes_to_the_walker(routed):
+    lin = nn.Linear(3, 3)
+    model = nn.Sequential(lin, nn.ReLU(), lin)
+    state = ft.setup(ft.Adam(0.01), model)
+    x = torch.randn(2, 3)
+    g = ft.gradient(lambda m: m(x).sum(), model)[0]
+    before = lin.weight.detach().clone()
+    ft.update_(state, model, g)
+    assert len(routed) == 0
+    assert not torch.equal(before, lin.weight)
+
+
+def test_mixed_dtypes_and_rules_go_to_the_walker(routed):
+    model = _mlp()
+    model[4].double()
+    state = ft.setup(ft.Adam(0.01), model)
+    x = _batch(0)
+    g = ft.gradient(lambda m: m[0](x).sum() + m[4](torch.randn(8, 7, dtype=torch.float64)).sum(), model)[0]
+    ft.update_(state, model, g)
+    assert len(routed) == 0
+    model = _mlp()
+    state = ft.setup(ft.Adam(0.01), model)
+    state["0"]["weight"] = ft.setup(ft.Momentum(0.1), model[0].weight)
+    g = ft.gradient(lambda m: _loss(m, x), model)[0]
+    ft.update_(state, model, g)
+    assert len(routed) == 0
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype", "missing_key", "extra_key", "numpy", "not_a_dict"])
+def test_bad_gradients_get_the_walkers_errors(bad, routed):
+    model = _mlp()
+    state = ft.setup(ft.Adam(0.01), model)
+    x = _batch(0)
+    g = ft.gradient(lambda m: _loss(m, x), model)[0]
+    if bad == "shape":
+        g["0"]["weight"] = torch.zeros(3, 3)
+    elif bad == "dtype":
+        g["0"]["weight"] = g["0"]["weight"].double()
+    elif bad == "missing_key":
+        del g["2"]["weight"]
+    elif bad == "extra_key":
+        g["2"]["nope"] = torch.zeros(1)
+    elif bad == "numpy":
+        g["0"]["bias"] = g["0"]["bias"].numpy()
+    else:
+        g["4"] = [g["4"]]
+    before = copy.deepcopy(model)
+    with _walker_only():
+        try:
+            ft.update_(copy.deepcopy(state), copy.deepcopy(model), copy.deepcopy(g))
+            walker_err = None
+        except Exception as e:  # noqa: BLE001
+            walker_err = e
+    if walker_err is None:  # the walker accepts it (a dtype it converts): so must the step
+        m2, s2 = copy.deepcopy(model), copy.deepcopy(state)
+        with _walker_only():
+            ft.update_(s2, m2, copy.deepcopy(g))
+        ft.update_(state, model, g)
+        _same(model, m2)
+    else:
+        with pytest.raises(type(walker_err)) as err:
+            ft.update_(state, model, g)
+        assert str(err.value) == str(walker_err)
+        _same(model, before)  # nothing written
+    assert len(routed) == 0
+
+
+def test_none_subtree_in_gradient_skips_it(routed):
+    def run(walker):
+        model = _mlp()
+        state = ft.setup(ft.Adam(0.01), model)
+        with _walker_only() if walker else _nullcontext():
+            for i in range(3):
+                x = _batch(i)
+                g = ft.gradient(lambda m: _loss(m, x), model)[0]
+                g["4"] = None
+                g["0"]["bias"] = None
+                state, model = ft.update_(state, model, g)
+        return model, state
+    m1, s1 = run(False)
+    assert len(routed) == 3
+    m2, s2 = run(True)
+    _same(m1, m2)
+    _same_state(s1, s2)
+    assert torch.equal(m1[4][0].weight, _mlp()[4][0].weight)
+
+
+def test_clipnorm_throw_raises_and_writes_nothing(routed):
+    model = _mlp()
+    state = ft.setup(ft.OptimiserChain(ft.ClipNorm(1.0), ft.Adam(0.01)), model)
+    x = _batch(0)
+    g = ft.gradient(lambda m: _loss(m, x), model)[0]
+    g["2"]["weight"] = torch.full_like(g["2"]["weight"], float("nan"))
+    before = copy.deepcopy(model)
+    s_before = [l.state for _, l in ft.optimise.tree.leaves(state)]
+    with pytest.raises(DomainError):
+        ft.update_(state, model, g)
+    _same(model, before)
+    assert [l.state for _, l in ft.optimise.tree.leaves(state)] == s_before
+
+
+def test_update_pure_and_non_modules_do_not_take_it(routed):
+    model = _mlp()
+    state = ft.setup(ft.Adam(0.01), model)
+    x = _batch(0)
+    g = ft.gradient(lambda m: _loss(m, x), model)[0]
+    s2, m2 = ft.update(state, model, g)
+    assert m2 is not model and len(routed) == 0
+    params = dict(model.named_parameters())
+    tree = {k: v.detach().clone() for k, v in params.items()}
+    st = ft.setup(ft.Adam(0.01), tree)
+    ft.update_(st, tree, {k: torch.ones_like(v) for k, v in tree.items()})
+    assert len(routed) == 0
+
+
+def test_train_takes_the_route(routed):
+    model = _mlp()
+    state = ft.setup(ft.Adam(0.01), model)
+    data = [(_batch(i),) for i in range(3)]
+    ft.train(_loss, model, data, state, progress=False)
+    assert len(routed) == 3
