@@ -241,14 +241,19 @@ def _adam_fused(rules, states, xs, gs, inplace):
         return NotImplemented
     inners = (list(states) if uniform and infos[0][0] else
               [fast_numpy.base_state(st, info[0]) for st, info in zip(states, infos)])
-    if not all(isinstance(st, tuple) and len(st) == 3 and isinstance(st[2], tuple) and len(st[2]) == 2
-               for st in inners):
+    # (m, v, (b1^t, b2^t)) each, asked of whole lists: exact tuples (a subclass, say a
+    # NamedTuple, goes to the generic path)
+    if set(map(type, inners)) != {tuple} or set(map(len, inners)) != {3}:
         return NotImplemented
     ms, vs, bts = (list(c) for c in zip(*inners))
+    if set(map(type, bts)) != {tuple} or set(map(len, bts)) != {2}:
+        return NotImplemented
     bt1, bt2 = (list(c) for c in zip(*bts))
     if not (_all_like(ms, xs, dtype, cpu, dev) and _all_like(vs, xs, dtype, cpu, dev)):
         return NotImplemented
-    uniq = {id(b): b for b in bt1 + bt2}
+    b10, b20 = bt1[0], bt2[0]
+    shared = all(map(operator.is_, bt1, itertools.repeat(b10, n))) and all(map(operator.is_, bt2, itertools.repeat(b20, n)))
+    uniq = {id(b10): b10, id(b20): b20} if shared else {id(b): b for b in bt1 + bt2}
     if not all(isinstance(b, torch.Tensor) and b.dtype == dtype and b.numel() == 1 for b in uniq.values()):
         return NotImplemented
     # the beta^t values (after the first step, Leafs with equal values share one tensor)
@@ -282,8 +287,7 @@ def _adam_fused(rules, states, xs, gs, inplace):
     groups: dict[tuple, list[int]] = {}
     new_bt: dict[tuple, Any] = {}
     out: list = [None] * n
-    if (uniform and all(map(operator.is_, bt1, itertools.repeat(bt1[0], n)))
-            and all(map(operator.is_, bt2, itertools.repeat(bt2[0], n)))):
+    if uniform and shared:
         # one group; every array gets the same new beta^t tensors, as the loop below gives
         info = infos[0]
         groups[info[2:] + (val[id(bt1[0])], val[id(bt2[0])])] = list(range(n))
