@@ -201,6 +201,22 @@ def _next_bt(bt: torch.Tensor, value: float, beta: float, f) -> torch.Tensor:
     return new
 
 
+_OMEGAS: dict[tuple, torch.Tensor] = {}
+
+
+def _omegas(values: tuple, dtype, dev) -> torch.Tensor:
+    """ClipNorm's bounds as one tensor on the group's device, made once per (values, dtype,
+    device): a tensor built from host values each step is a copy to the device, which
+    waits for the queue."""
+    key = (values, dtype, dev)
+    t = _OMEGAS.get(key)
+    if t is None:
+        if len(_OMEGAS) >= 64:
+            del _OMEGAS[next(iter(_OMEGAS))]
+        t = _OMEGAS[key] = torch.tensor(values, dtype=dtype, device=dev)
+    return t
+
+
 _INFOS: dict[tuple, tuple] = {}  # (id(rule), dtype) -> (rule, _adam_info): rules are frozen
 
 
@@ -266,14 +282,16 @@ def _adam_fused(rules, states, xs, gs, inplace):
     clip_idx = [i for i, info in enumerate(infos) if info[1] is not None]
     if clip_idx:
         norms = torch.stack(torch._foreach_norm([gs[i] for i in clip_idx]))
+        lam = torch.clamp(_omegas(tuple(T(infos[i][1].omega) for i in clip_idx), dtype, dev) / norms, max=1.0)
         # torch's norm does not overflow where the rule's sqrt(sum(g*g)) does (|g| ≳ 1.8e19
-        # in float32): near that, or at inf/NaN, the generic path decides (and raises)
-        if not bool((norms <= math.sqrt(torch.finfo(dtype).max) / 2).all()):
+        # in float32): near that, or at inf/NaN, the generic path decides (and raises).
+        # Read with the factors, in one transfer: on a GPU each read waits for the device
+        ok = (norms <= math.sqrt(torch.finfo(dtype).max) / 2).all()
+        got = torch.cat([ok.to(dtype).reshape(1), lam]).tolist()
+        if not got[0]:
             return NotImplemented
-        omega = torch.tensor([T(infos[i][1].omega) for i in clip_idx], dtype=dtype, device=dev)
-        lam = torch.clamp(omega / norms, max=1.0)
         # only the arrays actually clipped get a scaled copy (g * 1 is g: no copy, no pass)
-        cut = [(i, l) for i, l, v in zip(clip_idx, lam.unbind(), lam.tolist()) if v != 1.0]
+        cut = [(i, l) for i, l, v in zip(clip_idx, lam.unbind(), got[1:]) if v != 1.0]
         grads = list(gs)
         if cut:
             for (i, _), g in zip(cut, torch._foreach_mul([gs[i] for i, _ in cut], [l for _, l in cut])):
