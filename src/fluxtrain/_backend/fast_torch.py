@@ -201,22 +201,6 @@ def _next_bt(bt: torch.Tensor, value: float, beta: float, f) -> torch.Tensor:
     return new
 
 
-_OMEGAS: dict[tuple, torch.Tensor] = {}
-
-
-def _omegas(values: tuple, dtype, dev) -> torch.Tensor:
-    """ClipNorm's bounds as one tensor on the group's device, made once per (values, dtype,
-    device): a tensor built from host values each step is a copy to the device, which
-    waits for the queue."""
-    key = (values, dtype, dev)
-    t = _OMEGAS.get(key)
-    if t is None:
-        if len(_OMEGAS) >= 64:
-            del _OMEGAS[next(iter(_OMEGAS))]
-        t = _OMEGAS[key] = torch.tensor(values, dtype=dtype, device=dev)
-    return t
-
-
 _INFOS: dict[tuple, tuple] = {}  # (id(rule), dtype) -> (rule, _adam_info): rules are frozen
 
 
@@ -281,17 +265,17 @@ def _adam_fused(rules, states, xs, gs, inplace):
     grads = gs
     clip_idx = [i for i, info in enumerate(infos) if info[1] is not None]
     if clip_idx:
-        norms = torch.stack(torch._foreach_norm([gs[i] for i in clip_idx]))
-        lam = torch.clamp(_omegas(tuple(T(infos[i][1].omega) for i in clip_idx), dtype, dev) / norms, max=1.0)
+        # the norms, read once (on a GPU a read waits for the device); the factors are
+        # worked out on the host in the dtype, min(omega/norm, 1) as the rule does
+        norms = np.asarray(torch.stack(torch._foreach_norm([gs[i] for i in clip_idx])).tolist(), f)
         # torch's norm does not overflow where the rule's sqrt(sum(g*g)) does (|g| ≳ 1.8e19
-        # in float32): near that, or at inf/NaN, the generic path decides (and raises).
-        # Read with the factors, in one transfer: on a GPU each read waits for the device
-        ok = (norms <= math.sqrt(torch.finfo(dtype).max) / 2).all()
-        got = torch.cat([ok.to(dtype).reshape(1), lam]).tolist()
-        if not got[0]:
+        # in float32): near that, or at inf/NaN, the generic path decides (and raises)
+        if not (norms <= math.sqrt(torch.finfo(dtype).max) / 2).all():
             return NotImplemented
-        # only the arrays actually clipped get a scaled copy (g * 1 is g: no copy, no pass)
-        cut = [(i, l) for i, l, v in zip(clip_idx, lam.unbind(), got[1:]) if v != 1.0]
+        lam = np.minimum(np.asarray([infos[i][1].omega for i in clip_idx], f) / norms, f(1))
+        # only the arrays actually clipped get a scaled copy (g * 1 is g: no copy, no pass);
+        # a float32 factor is exact as a Python float, and the kernel multiplies in the dtype
+        cut = [(i, float(l)) for i, l in zip(clip_idx, lam.tolist()) if l != 1.0]
         grads = list(gs)
         if cut:
             for (i, _), g in zip(cut, torch._foreach_mul([gs[i] for i, _ in cut], [l for _, l in cut])):
