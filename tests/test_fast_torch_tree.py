@@ -382,3 +382,4 @@ def test_train_takes_the_route(routed):
     data = [(_batch(i),) for i in range(3)]
     ft.train(_loss, model, data, state, progress=False)
     assert len(routed) == 3
+

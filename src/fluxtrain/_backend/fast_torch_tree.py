@@ -62,62 +62,61 @@ def _node(m: torch.nn.Module) -> tuple:
 
 
 def _plan(model: torch.nn.Module) -> tuple:
+    """The plan: one ``_node`` per module, breadth first."""
     nodes, queue = [], [model]
-    for m in queue:  # breadth first: the queue grows as the loop runs
+    for m in queue:  # the queue grows as the loop runs
         nodes.append(_node(m))
         queue.extend(v for v in m._modules.values() if v is not None)
     return tuple(nodes)
 
 
-def _flatten(nodes: tuple, state: Any, model: torch.nn.Module, grad: Any):
-    """``(params, leaves, grads)`` in plan order, or None when a table, the state or the
-    gradient does not have the plan's structure."""
-    mods, sds, gds = [model], [state], [grad]
-    xs: list = []
-    ls: list = []
-    gs: list = []
-    for i, (praw, pnone, pkeep, mraw, mnone, mkeep, keys, nown) in enumerate(nodes):
-        m, sd, gd = mods[i], sds[i], gds[i]
+def _params(nodes: tuple, model: torch.nn.Module) -> list | None:
+    """The module's parameters in plan order, or None when a table no longer has the plan's
+    names and None entries."""
+    mods, xs = [model], []
+    for i, (praw, pnone, pkeep, mraw, mnone, mkeep, _, _) in enumerate(nodes):
+        m = mods[i]
         pt, mt = m._parameters, m._modules
         if list(pt) != praw or list(mt) != mraw:
             return None
         pv, mv = list(pt.values()), list(mt.values())
         if list(map(_is, pv, _NONE)) != pnone or list(map(_is, mv, _NONE)) != mnone:
             return None
-        own = list(itertools.compress(pv, pkeep))
-        xs += own
+        xs += itertools.compress(pv, pkeep)
         mods += itertools.compress(mv, mkeep)
-        if type(sd) is not dict or list(sd) != keys:
-            return None
-        sv = list(sd.values())
-        ls += sv[:nown]
-        sds += sv[nown:]
-        if gd is _DOT:
-            gs += map(_GRAD, own)
-            gds += [_DOT] * (len(keys) - nown)
-        elif gd is None:
-            gs += [None] * nown
-            gds += [None] * (len(keys) - nown)
-        elif type(gd) is dict and list(gd) == keys:
-            gv = list(gd.values())
-            gs += gv[:nown]
-            gds += gv[nown:]
+    return xs
+
+
+def _dict_leaves(nodes: tuple, tree: Any) -> list | None:
+    """The leaves of a dict tree keyed as ``module_tree`` (state or gradient) in plan order;
+    a None subtree gives None leaves. None when a node is not such a dict."""
+    ds, out = [tree], []
+    for i, node in enumerate(nodes):
+        keys, nown = node[6], node[7]
+        d = ds[i]
+        if d is None:
+            out += [None] * nown
+            ds += [None] * (len(keys) - nown)
+        elif type(d) is dict and list(d) == keys:
+            v = list(d.values())
+            out += v[:nown]
+            ds += v[nown:]
         else:
             return None
-    return xs, ls, gs
+    return out
 
 
 _PLANS: dict[int, tuple] = {}  # id(model) -> plan; a plan is checked against the module each step
 _PLANS_MAX = 32
-_XP: list = []
 
 
-def update_module(state: Any, model: torch.nn.Module, grad: Any):
-    """``(state, model)`` after an ``update_`` step of ``model``, or None when the walker
-    must do this step."""
+def module_params(model: torch.nn.Module) -> tuple[tuple, list] | None:
+    """``(plan, parameters in plan order)``, the plan checked against ``model`` (made again
+    when its tables changed), or None for a module that repeats a parameter or child
+    within one module."""
     nodes = _PLANS.get(id(model))
-    flat = None if nodes is None else _flatten(nodes, state, model, grad)
-    if flat is None:  # a new model, or one whose structure changed: plan it again
+    xs = None if nodes is None else _params(nodes, model)
+    if xs is None:
         try:
             nodes = _plan(model)
         except _Changed:
@@ -125,10 +124,24 @@ def update_module(state: Any, model: torch.nn.Module, grad: Any):
         if len(_PLANS) >= _PLANS_MAX:
             del _PLANS[next(iter(_PLANS))]
         _PLANS[id(model)] = nodes
-        flat = _flatten(nodes, state, model, grad)
-        if flat is None:
-            return None
-    xs, ls, gs = flat
+        xs = _params(nodes, model)
+    return nodes, xs
+
+
+_XP: list = []
+
+
+def update_module(state: Any, model: torch.nn.Module, grad: Any):
+    """``(state, model)`` after an ``update_`` step of ``model``, or None when the walker
+    must do this step."""
+    got = module_params(model)
+    if got is None:
+        return None
+    nodes, xs = got
+    ls = _dict_leaves(nodes, state)
+    gs = list(map(_GRAD, xs)) if grad is _DOT else _dict_leaves(nodes, grad)
+    if ls is None or gs is None:
+        return None
     n = len(xs)
     if (not n or set(map(type, ls)) != {Leaf} or not set(map(type, xs)) <= _TENSORS
             or len(set(map(id, xs))) != n or len(set(map(id, ls))) != n):
