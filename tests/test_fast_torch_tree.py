@@ -383,3 +383,132 @@ def test_train_takes_the_route(routed):
     ft.train(_loss, model, data, state, progress=False)
     assert len(routed) == 3
 
+
+
+# ----------------------------------------------------- train's step for a module (loop.py)
+
+class _generic_step:
+    """train's step as withgradient + update_ (the module step of loop.py declined)."""
+
+    def __enter__(self):
+        from fluxtrain.train import loop
+        self.loop, self.saved = loop, loop._torch_module_step
+        loop._torch_module_step = lambda *a: None
+
+    def __exit__(self, *exc):
+        self.loop._torch_module_step = self.saved
+
+
+def _train_run(make, loss, steps, *, disabled, edit=None, rule=None, grad_mode=True):
+    model = make()
+    state = ft.setup(rule() if rule else ft.Adam(0.01), model)
+    data = [(_batch(i).to(next(model.parameters()).dtype),) for i in range(steps)]
+    if edit is not None:
+        edit(model, state)
+    with _generic_step() if disabled else _nullcontext():
+        with torch.enable_grad() if grad_mode else torch.no_grad():
+            state, model = ft.train(loss, model, data, state, progress=False)
+    return model, state
+
+
+def _mixed():
+    m = _mlp()
+    m[4].double()
+    return m
+
+
+def _mixed_loss(m, x):
+    return (m[0](x) ** 2).mean() + (m[4](torch.ones(8, 7, dtype=torch.float64)) ** 2).mean()
+
+
+def _aux_loss(m, x):
+    y = m(x)
+    return (y ** 2).mean(), {"y": y, "note": "aux"}
+
+
+def _part_loss(m, x):
+    return (m[0](x) ** 2).mean()  # the later layers get no gradient
+
+
+TRAIN_CASES = {
+    "mlp": (_mlp, _loss, None, None),
+    "chain": (_mlp, _loss, None, lambda: ft.OptimiserChain(ft.ClipNorm(0.1), ft.Adam(0.01))),
+    "aux": (_mlp, _aux_loss, None, None),
+    "unused": (_mlp, _part_loss, None, None),
+    "frozen": (_mlp, _loss, lambda m, s: (m[0].weight.requires_grad_(False), ft.freeze_(s["2"])), None),
+    "mixed_dtypes": (_mixed, _mixed_loss, None, None),  # the route declines: the walker, with the tree
+    "momentum": (_mlp, _loss, None, lambda: ft.Momentum(0.01)),
+}
+
+
+@pytest.mark.parametrize("grad_mode", [True, False])
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_train_module_step_equals_generic(case, grad_mode):
+    make, loss, edit, rule = TRAIN_CASES[case]
+    m1, s1 = _train_run(make, loss, 3, disabled=False, edit=edit, rule=rule, grad_mode=grad_mode)
+    m2, s2 = _train_run(make, loss, 3, disabled=True, edit=edit, rule=rule, grad_mode=grad_mode)
+    _same(m1, m2)
+    _same_state(s1, s2)
+    assert all(p.grad is None for p in m1.parameters())
+
+
+def test_train_module_step_takes_the_flat_route(routed, monkeypatch):
+    from fluxtrain.train import loop
+    seen = []
+    real = loop._torch_module_step
+    monkeypatch.setattr(loop, "_torch_module_step", lambda *a: seen.append(1) or real(*a))
+    model = _mlp()
+    state = ft.setup(ft.Adam(0.01), model)
+    ft.train(_loss, model, [(_batch(i),) for i in range(3)], state, progress=False)
+    assert len(routed) == 3 and len(seen) == 3
+    # trainstep too, and it returns what the loss returned
+    out = ft.trainstep(_aux_loss, model, (_batch(5),), state)
+    assert out[1]["note"] == "aux" and not out[0].requires_grad and len(routed) == 4
+
+
+def test_train_module_step_nan_loss_stops_and_keeps_the_last_good_step():
+    def run(disabled):
+        model = _mlp()
+        state = ft.setup(ft.Adam(0.01), model)
+        data = [(_batch(0),), (_batch(1) * float("nan"),), (_batch(2),)]
+        with _generic_step() if disabled else _nullcontext():
+            with pytest.raises(DomainError, match="on data item 2") as err:
+                ft.train(_loss, model, data, state, progress=False)
+        return model, err.value.state
+    (m1, s1), (m2, s2) = run(False), run(True)
+    _same(m1, m2)
+    _same_state(s1, s2)
+
+
+def test_train_module_step_tied_weights_use_withgradient():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(5, 5)
+            self.b = nn.Linear(5, 5)
+            self.b.weight = self.a.weight
+
+        def forward(self, x):
+            return self.b(torch.tanh(self.a(x)))
+
+    def run(disabled):
+        torch.manual_seed(0)
+        model = Tied()
+        state = ft.setup(ft.Adam(0.01), model)
+        with _generic_step() if disabled else _nullcontext():
+            ft.train(_loss, model, [(_batch(i),) for i in range(3)], state, progress=False)
+        return model, state
+    (m1, s1), (m2, s2) = run(False), run(True)
+    _same(m1, m2)
+    _same_state(s1, s2)
+
+
+def test_train_module_step_bad_loss_gets_withgradients_error():
+    model = _mlp()
+    state = ft.setup(ft.Adam(0.01), model)
+    with fast.disabled():
+        with pytest.raises(ft.ArgumentError) as ref:
+            ft.train(lambda m, x: m(x), model, [(_batch(0),)], state, progress=False)
+    with pytest.raises(ft.ArgumentError) as err:
+        ft.train(lambda m, x: m(x), model, [(_batch(0),)], state, progress=False)
+    assert str(err.value) == str(ref.value)

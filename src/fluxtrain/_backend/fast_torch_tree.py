@@ -131,6 +131,16 @@ def module_params(model: torch.nn.Module) -> tuple[tuple, list] | None:
 _XP: list = []
 
 
+def module_state(model: torch.nn.Module, state: Any) -> tuple[list, list] | None:
+    """The parameters of ``model`` and their state entries, in plan order; None when the
+    module or the state does not follow a plan (the walker's case)."""
+    got = module_params(model)
+    if got is None:
+        return None
+    ls = _dict_leaves(got[0], state)
+    return None if ls is None else (got[1], ls)
+
+
 def update_module(state: Any, model: torch.nn.Module, grad: Any):
     """``(state, model)`` after an ``update_`` step of ``model``, or None when the walker
     must do this step."""
@@ -140,34 +150,41 @@ def update_module(state: Any, model: torch.nn.Module, grad: Any):
     nodes, xs = got
     ls = _dict_leaves(nodes, state)
     gs = list(map(_GRAD, xs)) if grad is _DOT else _dict_leaves(nodes, grad)
-    if ls is None or gs is None:
+    if ls is None or gs is None or not update_flat(xs, ls, gs):
         return None
+    return state, model
+
+
+def update_flat(xs: list, ls: list, gs: list) -> bool:
+    """One ``update_`` step of parameters ``xs`` with state entries ``ls`` and gradients
+    ``gs`` (None: no update), all in plan order. False, with nothing changed, when the
+    walker must do it."""
     n = len(xs)
     if (not n or set(map(type, ls)) != {Leaf} or not set(map(type, xs)) <= _TENSORS
             or len(set(map(id, xs))) != n or len(set(map(id, ls))) != n):
-        return None
+        return False
     if any(map(_is, gs, _NONE)) or any(map(_FROZEN, ls)):  # skipped arrays, as the walker skips them
         keep = [g is not None and not l.frozen for g, l in zip(gs, ls)]
         xs, ls, gs = (list(itertools.compress(a, keep)) for a in (xs, ls, gs))
         if not xs:
-            return None
+            return False
     if not set(map(type, gs)) <= _TENSORS or list(map(_SHAPE, gs)) != list(map(_SHAPE, xs)):
-        return None
+        return False
     x0 = xs[0]
     dtype = x0.dtype
     if set(map(_DTYPE, xs)) != {dtype} or set(map(_DTYPE, gs)) != {dtype}:
-        return None
+        return False
     if x0.is_cpu:
         if not (all(map(_IS_CPU, xs)) and all(map(_IS_CPU, gs))):
-            return None
+            return False
     else:
         dev = x0.device
         if any(a.device != dev for a in itertools.chain(xs, gs)):
-            return None
+            return False
     rules = list(map(_RULE, ls))
     rule_type = type(rules[0])
     if set(map(type, rules)) != {rule_type}:
-        return None
+        return False
     if not _XP:
         _XP.append(namespace(x0))
     with torch.no_grad():
@@ -179,7 +196,9 @@ def update_module(state: Any, model: torch.nn.Module, grad: Any):
                 new = _new_value(x, delta)
                 if new is not None:
                     x.copy_(new)
-    return state, model
+    return True
 
 
 fast.register("update_module", "torch")(update_module)
+fast.register("module_state", "torch")(module_state)
+fast.register("update_flat", "torch")(update_flat)

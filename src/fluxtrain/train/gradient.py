@@ -279,12 +279,17 @@ def _torch_withgradient(f: Callable, args: tuple, scalars_only: bool) -> WithGra
     else:
         with torch.enable_grad():
             out, grads = _torch_value_grads(f, new_args, vals)
-    # a bare loss tensor (the usual case) without the generic tree walk
-    val = out.detach() if _is_torch_tensor(out) else tree_map(
-        lambda v: v.detach() if _is_torch_tensor(v) else v, out)
+    val = _detached(out)
     if scalars_only:
         val = tree_map(lambda v: v.item() if _is_torch_tensor(v) and v.ndim == 0 else v, val)
     return WithGradient(val, tuple(w[1](grads) for w in walked))
+
+
+def _detached(out: Any) -> Any:
+    """``f``'s result with its torch tensors detached from the autograd graph."""
+    # a bare loss tensor (the usual case) without the generic tree walk
+    return out.detach() if _is_torch_tensor(out) else tree_map(
+        lambda v: v.detach() if _is_torch_tensor(v) else v, out)
 
 
 def _torch_value_grads(f: Callable, args: list, vals: list) -> tuple[Any, list]:

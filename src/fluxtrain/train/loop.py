@@ -11,12 +11,14 @@ One step is ``withgradient`` of ``loss(model, *batch)`` with respect to the mode
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from typing import Any, Callable, Iterable
 
-from .._backend import is_writeable
+from .._backend import fast, is_writeable
 from .._errors import ArgumentError, DomainError
-from .gradient import _check_jax_scalar, _first, _is_jax_array, _is_torch_module, tree_leaves_with_path, withgradient
+from .gradient import (_check_jax_scalar, _detached, _first, _is_jax_array, _is_torch_module, _torch_value_grads,
+                       tree_leaves_with_path, withgradient)
 
 __all__ = ["train", "trainstep"]
 
@@ -44,6 +46,10 @@ def _step(loss: Callable, model: Any, batch: Any, state: Any,
     """One gradient + update; ``(val, loss_value, state, model)``; no update when not finite."""
     from ..optimise import update_
     args = _batch_args(batch)
+    if jitted is None and _is_torch_module(model):
+        done = _torch_module_step(loss, model, args, state)
+        if done is not None:
+            return done
     res = jitted(model, args) if jitted is not None else None
     if res is not None:
         val, g = res
@@ -54,6 +60,45 @@ def _step(loss: Callable, model: Any, batch: Any, state: Any,
     lval = _loss_value(val)
     if math.isfinite(lval):
         state, model = update_(state, model, g)
+    return val, lval, state, model
+
+
+def _torch_module_step(loss: Callable, model: Any, args: tuple, state: Any):
+    """``_step`` for a ``torch.nn.Module`` through the torch backend's plan of the module
+    (:mod:`fluxtrain._backend.fast_torch_tree`): the parameters to differentiate, their
+    gradients and the update in plan order, without building the gradient tree that
+    ``withgradient`` returns and ``update_`` walks again. The same values as
+    ``withgradient`` + ``update_`` (tests compare them); None when the module or state has
+    no plan, or repeats a parameter (the generic step then runs)."""
+    flat = fast.lookup_backend("module_state", "torch")
+    upd = fast.lookup_backend("update_flat", "torch")
+    got = None if flat is None or upd is None else flat(model, state)
+    if got is None:
+        return None
+    xs, ls = got
+    n = len(xs)
+    if len(set(map(id, xs))) != n:
+        return None  # a tied parameter: withgradient decides where its gradient goes
+    diff = [i for i, x in enumerate(xs) if x.requires_grad and x.is_floating_point()]
+    torch = sys.modules["torch"]
+    f = lambda m: loss(m, *args)  # noqa: E731
+    vals = [xs[i] for i in diff]
+    if torch.is_grad_enabled():
+        out, grads = _torch_value_grads(f, [model], vals)
+    else:
+        with torch.enable_grad():
+            out, grads = _torch_value_grads(f, [model], vals)
+    val = _detached(out)
+    lval = _loss_value(val)
+    if math.isfinite(lval):
+        gs: list = [None] * n
+        for i, g in zip(diff, grads):
+            gs[i] = g
+        if not upd(xs, ls, gs):  # the walker, with the gradient tree withgradient gives
+            from ..optimise import update_
+            from ..optimise.tree import module_tree
+            by_id = {id(x): g for x, g in zip(xs, gs)}
+            state, model = update_(state, model, module_tree(model, lambda p: by_id.get(id(p))))
     return val, lval, state, model
 
 
