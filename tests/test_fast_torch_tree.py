@@ -512,3 +512,20 @@ def test_train_module_step_bad_loss_gets_withgradients_error():
     with pytest.raises(ft.ArgumentError) as err:
         ft.train(lambda m, x: m(x), model, [(_batch(0),)], state, progress=False)
     assert str(err.value) == str(ref.value)
+
+
+def test_clipnorm_chain_zero_gradient_quietly_unclipped(recwarn):
+    """A zero gradient has norm 0: omega/0 = inf, factor 1 (no warning from the host-side
+    factors), the same step as the generic path's."""
+    def run(disabled):
+        model = _mlp()
+        state = ft.setup(ft.OptimiserChain(ft.ClipNorm(0.5), ft.Adam(0.01)), model)
+        g = ft.gradient(lambda m: _loss(m, _batch(0)), model)[0]
+        g["0"]["weight"] = torch.zeros_like(g["0"]["weight"])
+        with fast.disabled() if disabled else _nullcontext():
+            ft.update_(state, model, g)
+        return model
+    m1, m2 = run(False), run(True)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

@@ -272,7 +272,8 @@ def _adam_fused(rules, states, xs, gs, inplace):
         # in float32): near that, or at inf/NaN, the generic path decides (and raises)
         if not (norms <= math.sqrt(torch.finfo(dtype).max) / 2).all():
             return NotImplemented
-        lam = np.minimum(np.asarray([infos[i][1].omega for i in clip_idx], f) / norms, f(1))
+        with np.errstate(divide="ignore"):  # a zero norm: omega/0 = inf, factor 1, as the rule
+            lam = np.minimum(np.asarray([infos[i][1].omega for i in clip_idx], f) / norms, f(1))
         # only the arrays actually clipped get a scaled copy (g * 1 is g: no copy, no pass);
         # a float32 factor is exact as a Python float, and the kernel multiplies in the dtype
         cut = [(i, float(l)) for i, l in zip(clip_idx, lam.tolist()) if l != 1.0]
