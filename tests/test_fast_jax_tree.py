@@ -13,6 +13,7 @@ import pytest
 import fluxtrain as ft
 from fluxtrain import DimensionMismatch, DomainError
 from fluxtrain._backend import fast
+from tests.util import without_fast
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
@@ -42,12 +43,8 @@ def routed(monkeypatch):
     return calls
 
 
-class _walker_only:
-    def __enter__(self):
-        self.saved = fast._REGISTRY.pop(_KEY)
-
-    def __exit__(self, *exc):
-        fast._REGISTRY[_KEY] = self.saved
+def _walker_only():
+    return without_fast(_KEY)
 
 
 def _arr(rng, *shape, dtype="float32"):

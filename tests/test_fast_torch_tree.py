@@ -13,6 +13,7 @@ import pytest
 import fluxtrain as ft
 from fluxtrain import DimensionMismatch, DomainError
 from fluxtrain._backend import fast
+from tests.util import without_fast
 
 torch = pytest.importorskip("torch")
 FT = pytest.importorskip("fluxtrain._backend.fast_torch_tree")
@@ -35,12 +36,8 @@ def routed(monkeypatch):
     return calls
 
 
-class _walker_only:
-    def __enter__(self):
-        self.saved = fast._REGISTRY.pop(_KEY)
-
-    def __exit__(self, *exc):
-        fast._REGISTRY[_KEY] = self.saved
+def _walker_only():
+    return without_fast(_KEY)
 
 
 def _mlp(seed=0, dtype=torch.float32):
@@ -234,20 +231,23 @@ def test_module_grown_after_setup_gets_the_walkers_error(change, routed):
     assert len(routed) == 1
 
 
+class _Tied(nn.Module):
+    """Two layers sharing one weight (setup gives them one Leaf)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.a = nn.Linear(n, n)
+        self.b = nn.Linear(n, n)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
 def test_tied_weights_go_to_the_walker(routed):
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Linear(4, 4)
-            self.b = nn.Linear(4, 4)
-            self.b.weight = self.a.weight
-
-        def forward(self, x):
-            return self.b(self.a(x))
-
     def run(walker):
         torch.manual_seed(0)
-        m = Tied()
+        m = _Tied(4)
         s = ft.setup(ft.Adam(0.01), m)
         with _walker_only() if walker else _nullcontext():
             for i in range(3):
@@ -481,19 +481,9 @@ def test_train_module_step_nan_loss_stops_and_keeps_the_last_good_step():
 
 
 def test_train_module_step_tied_weights_use_withgradient():
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Linear(5, 5)
-            self.b = nn.Linear(5, 5)
-            self.b.weight = self.a.weight
-
-        def forward(self, x):
-            return self.b(torch.tanh(self.a(x)))
-
     def run(disabled):
         torch.manual_seed(0)
-        model = Tied()
+        model = _Tied(5)
         state = ft.setup(ft.Adam(0.01), model)
         with _generic_step() if disabled else _nullcontext():
             ft.train(_loss, model, [(_batch(i),) for i in range(3)], state, progress=False)

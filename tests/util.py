@@ -134,3 +134,21 @@ def reference_entries(*fns: str) -> list[dict]:
     if not REFERENCE.exists():
         return []
     return [e for e in json.loads(REFERENCE.read_text()) if e["fn"] in fns]
+
+
+class without_fast:
+    """Context manager: the fast path registered under ``key`` (e.g. a whole-step route,
+    ``("update_module", "torch")``) is switched off, so that the code it stands in for runs."""
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+    def __enter__(self) -> "without_fast":
+        from fluxtrain._backend import fast
+        self.saved = fast._REGISTRY.pop(self.key)
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        from fluxtrain._backend import fast
+        fast._REGISTRY[self.key] = self.saved
+        return False
