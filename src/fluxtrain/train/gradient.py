@@ -274,11 +274,7 @@ def _torch_withgradient(f: Callable, args: tuple, scalars_only: bool) -> WithGra
             # flag are left as they were
             vals.append(x.detach().requires_grad_(True))
     new_args = [w[0](vals) for w in walked]
-    if torch.is_grad_enabled():  # the usual case: entering enable_grad costs ~25 µs a step
-        out, grads = _torch_value_grads(f, new_args, vals)
-    else:
-        with torch.enable_grad():
-            out, grads = _torch_value_grads(f, new_args, vals)
+    out, grads = _torch_value_grads_recorded(f, new_args, vals)
     val = _detached(out)
     if scalars_only:
         val = tree_map(lambda v: v.item() if _is_torch_tensor(v) and v.ndim == 0 else v, val)
@@ -290,6 +286,15 @@ def _detached(out: Any) -> Any:
     # a bare loss tensor (the usual case) without the generic tree walk
     return out.detach() if _is_torch_tensor(out) else tree_map(
         lambda v: v.detach() if _is_torch_tensor(v) else v, out)
+
+
+def _torch_value_grads_recorded(f: Callable, args: list, vals: list) -> tuple[Any, list]:
+    """``_torch_value_grads`` with autograd recording, also inside ``torch.no_grad()``."""
+    import torch
+    if torch.is_grad_enabled():  # the usual case: entering enable_grad costs ~25 µs a step
+        return _torch_value_grads(f, args, vals)
+    with torch.enable_grad():
+        return _torch_value_grads(f, args, vals)
 
 
 def _torch_value_grads(f: Callable, args: list, vals: list) -> tuple[Any, list]:

@@ -11,13 +11,12 @@ One step is ``withgradient`` of ``loss(model, *batch)`` with respect to the mode
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from typing import Any, Callable, Iterable
 
 from .._backend import fast, is_writeable
 from .._errors import ArgumentError, DomainError
-from .gradient import (_check_jax_scalar, _detached, _first, _is_jax_array, _is_torch_module, _torch_value_grads,
+from .gradient import (_check_jax_scalar, _detached, _first, _is_jax_array, _is_torch_module, _torch_value_grads_recorded,
                        tree_leaves_with_path, withgradient)
 
 __all__ = ["train", "trainstep"]
@@ -80,14 +79,7 @@ def _torch_module_step(loss: Callable, model: Any, args: tuple, state: Any):
     if len(set(map(id, xs))) != n:
         return None  # a tied parameter: withgradient decides where its gradient goes
     diff = [i for i, x in enumerate(xs) if x.requires_grad and x.is_floating_point()]
-    torch = sys.modules["torch"]
-    f = lambda m: loss(m, *args)  # noqa: E731
-    vals = [xs[i] for i in diff]
-    if torch.is_grad_enabled():
-        out, grads = _torch_value_grads(f, [model], vals)
-    else:
-        with torch.enable_grad():
-            out, grads = _torch_value_grads(f, [model], vals)
+    out, grads = _torch_value_grads_recorded(lambda m: loss(m, *args), [model], [xs[i] for i in diff])
     val = _detached(out)
     lval = _loss_value(val)
     if math.isfinite(lval):
