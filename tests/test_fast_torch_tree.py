@@ -519,3 +519,68 @@ def test_clipnorm_chain_zero_gradient_quietly_unclipped(recwarn):
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
     for p, q in zip(m1.parameters(), m2.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def _zoo():
+    from torch.nn.utils import parametrize
+
+    class Sym(nn.Module):
+        def forward(self, w):
+            return (w + w.T) / 2
+
+    def param_linear():
+        lin = nn.Linear(6, 6)
+        parametrize.register_parametrization(lin, "weight", Sym())
+        return nn.Sequential(lin, nn.Tanh(), nn.Linear(6, 3))
+
+    class Rnn(nn.Module):
+        def __init__(self, cell):
+            super().__init__()
+            self.rnn = cell(6, 5, num_layers=2, batch_first=True)
+            self.out = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.out(self.rnn(x.reshape(2, 4, 6))[0])
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.TransformerEncoderLayer(6, 2, dim_feedforward=8, dropout=0.0, batch_first=True)
+
+        def forward(self, x):
+            return self.enc(x.reshape(2, 4, 6))
+
+    class Conv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 2, 3, padding=1)
+            self.bn = nn.BatchNorm2d(2)
+            self.emb = nn.Embedding(5, 4)
+
+        def forward(self, x):
+            y = self.bn(self.c(x.reshape(2, 1, 4, 6)))
+            return y.sum() + self.emb(torch.tensor([1, 3])).sum()
+
+    return {"parametrized": param_linear, "lstm": lambda: Rnn(nn.LSTM), "gru": lambda: Rnn(nn.GRU),
+            "transformer": Attn, "conv_bn_embedding": Conv}
+
+
+@pytest.mark.parametrize("name", sorted(_zoo()))
+def test_common_modules_route_equals_walker(name, routed):
+    """torch's own layers (parametrizations, RNNs with flattened weights, attention, conv,
+    batch norm, embeddings) take the route and give the walker's results bit for bit."""
+    def run(walker):
+        torch.manual_seed(0)
+        model = _zoo()[name]()
+        state = ft.setup(ft.Adam(0.01), model)
+        with _walker_only() if walker else _nullcontext():
+            for i in range(3):
+                x = torch.randn(8, 6, generator=torch.Generator().manual_seed(i))
+                g = ft.gradient(lambda m: (m(x) ** 2).mean(), model)[0]
+                state, model = ft.update_(state, model, g)
+        return model, state
+    m1, s1 = run(False)
+    assert len(routed) == 3
+    m2, s2 = run(True)
+    _same(m1, m2)
+    _same_state(s1, s2)
