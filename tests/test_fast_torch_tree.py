@@ -244,21 +244,29 @@ class _Tied(nn.Module):
         return self.b(torch.tanh(self.a(x)))
 
 
-def test_tied_weights_go_to_the_walker(routed):
-    def run(walker):
-        torch.manual_seed(0)
-        m = _Tied(4)
-        s = ft.setup(ft.Adam(0.01), m)
-        with _walker_only() if walker else _nullcontext():
-            for i in range(3):
-                x = torch.randn(2, 4, generator=torch.Generator().manual_seed(i))
-                g = ft.gradient(lambda mm: mm(x).pow(2).sum(), m)[0]
-                s, m = ft.update_(s, m, g)
-        return m
+def _steps(make, loss_of, walker, *, edit_grad=None, steps=3):
+    """``(model, state)`` after ``steps`` Adam ``update_`` steps of ``make()`` on the gradient
+    of ``loss_of(model, x)`` (``x`` of shape (8, 6), seeded per step), through the route or
+    the walker; ``edit_grad(g)`` may change each gradient tree first."""
+    torch.manual_seed(0)
+    model = make()
+    state = ft.setup(ft.Adam(0.01), model)
+    with _walker_only() if walker else _nullcontext():
+        for i in range(steps):
+            x = torch.randn(8, 6, generator=torch.Generator().manual_seed(i))
+            g = ft.gradient(lambda m: loss_of(m, x), model)[0]
+            if edit_grad is not None:
+                edit_grad(g)
+            state, model = ft.update_(state, model, g)
+    return model, state
 
-    m1 = run(False)
+
+def test_tied_weights_go_to_the_walker(routed):
+    def loss_of(m, x):
+        return m(x[:2, :4]).pow(2).sum()
+    m1, _ = _steps(lambda: _Tied(4), loss_of, False)
     assert len(routed) == 0
-    _same(m1, run(True))
+    _same(m1, _steps(lambda: _Tied(4), loss_of, True)[0])
 
 
 def test_shared_submodule_goes_to_the_walker(routed):
@@ -329,20 +337,15 @@ def test_bad_gradients_get_the_walkers_errors(bad, routed):
 
 
 def test_none_subtree_in_gradient_skips_it(routed):
-    def run(walker):
-        model = _mlp()
-        state = ft.setup(ft.Adam(0.01), model)
-        with _walker_only() if walker else _nullcontext():
-            for i in range(3):
-                x = _batch(i)
-                g = ft.gradient(lambda m: _loss(m, x), model)[0]
-                g["4"] = None
-                g["0"]["bias"] = None
-                state, model = ft.update_(state, model, g)
-        return model, state
-    m1, s1 = run(False)
+    def edit(g):
+        g["4"] = None
+        g["0"]["bias"] = None
+
+    def loss_of(m, x):
+        return _loss(m, x[:, :5])
+    m1, s1 = _steps(_mlp, loss_of, False, edit_grad=edit)
     assert len(routed) == 3
-    m2, s2 = run(True)
+    m2, s2 = _steps(_mlp, loss_of, True, edit_grad=edit)
     _same(m1, m2)
     _same_state(s1, s2)
     assert torch.equal(m1[4][0].weight, _mlp()[4][0].weight)
@@ -569,18 +572,10 @@ def _zoo():
 def test_common_modules_route_equals_walker(name, routed):
     """torch's own layers (parametrizations, RNNs with flattened weights, attention, conv,
     batch norm, embeddings) take the route and give the walker's results bit for bit."""
-    def run(walker):
-        torch.manual_seed(0)
-        model = _zoo()[name]()
-        state = ft.setup(ft.Adam(0.01), model)
-        with _walker_only() if walker else _nullcontext():
-            for i in range(3):
-                x = torch.randn(8, 6, generator=torch.Generator().manual_seed(i))
-                g = ft.gradient(lambda m: (m(x) ** 2).mean(), model)[0]
-                state, model = ft.update_(state, model, g)
-        return model, state
-    m1, s1 = run(False)
+    def loss_of(m, x):
+        return (m(x) ** 2).mean()
+    m1, s1 = _steps(_zoo()[name], loss_of, False)
     assert len(routed) == 3
-    m2, s2 = run(True)
+    m2, s2 = _steps(_zoo()[name], loss_of, True)
     _same(m1, m2)
     _same_state(s1, s2)
