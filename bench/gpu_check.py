@@ -2,7 +2,9 @@
 
     python bench/gpu_check.py
 
-Prints one line per check; exits non-zero on a mismatch. Needs a CUDA build of torch.
+Prints one line per check (the Adam family also: every beta^t equal to the generic path's and
+to the host value the fused path keeps for it); exits non-zero on a mismatch. Needs a CUDA
+build of torch.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 import torch
 
 import fluxtrain as ft
-from fluxtrain._backend import fast
+from fluxtrain._backend import fast, fast_torch
 
 from _common import cuda_time
 
@@ -43,6 +45,15 @@ def main() -> int:
                 ft.update_(sa, a, g)
                 with fast.disabled():
                     ft.update_(sb, b, g)
+            if "Adam" in name:  # beta^t: the generic path's bit for bit, and the host values kept for it
+                for la, lb in zip(sa, sb):
+                    bta = la.state[-1][2] if isinstance(la.rule, ft.OptimiserChain) else la.state[2]
+                    btb = lb.state[-1][2] if isinstance(lb.rule, ft.OptimiserChain) else lb.state[2]
+                    for ta, tb in zip(bta, btb):
+                        kept = fast_torch._BT_HOST.get(id(ta))
+                        if ta.item() != tb.item() or kept is None or kept[3] != ta.item():
+                            bad += 1
+                            print(f"BAD {name} {dtype} beta^t {ta.item()!r} generic {tb.item()!r} kept {kept and kept[3]!r}")
             rel = max(float(((x - y).abs() / y.abs().clamp_min(1e-30)).max()) for x, y in zip(a, b))
             tol = 2e-5 if dtype == torch.float32 else 1e-12
             ok = rel <= tol or all(torch.allclose(x, y, rtol=tol, atol=tol * float(y.abs().max())) for x, y in zip(a, b))

@@ -195,11 +195,22 @@ def _bt_values(uniq: dict) -> dict:
 def _next_bt(bt: torch.Tensor, value: float, beta: float, f) -> torch.Tensor:
     """``bt * beta`` as the generic rule computes it, with its host value remembered (the
     product of two floats of the dtype, correctly rounded on the host as on the device)."""
-    v = float(f(value) * f(beta))
-    # on the CPU a new 0-d tensor holding the (exact) value costs half the multiplication;
-    # on a device the multiplication is queued, where a copy from the host would wait
-    new = torch.scalar_tensor(v, dtype=bt.dtype) if bt.is_cpu else bt * beta
-    _remember(new, v)
+    return _next_bts(((bt, value, beta),), f)[0]
+
+
+def _next_bts(items, f) -> list:
+    """``_next_bt`` of each ``(bt, value, beta)``. On the CPU a new 0-d tensor holding the
+    (exact) value costs half the multiplication; on a device the multiplications are
+    queued, where a copy from the host would wait, as one launch for all of them (Adam's
+    two: one multi-tensor kernel, scalars in the dtype as in ``bt * beta``)."""
+    vs = [float(f(value) * f(beta)) for _, value, beta in items]
+    bt0 = items[0][0]
+    if bt0.is_cpu:
+        new = [torch.scalar_tensor(v, dtype=bt.dtype) for (bt, _, _), v in zip(items, vs)]
+    else:
+        new = torch._foreach_mul([bt for bt, _, _ in items], [beta for _, _, beta in items])
+    for t, v in zip(new, vs):
+        _remember(t, v)
     return new
 
 
@@ -297,7 +308,7 @@ def _adam_fused(rules, states, xs, gs, inplace):
         # one group; every array gets the same new beta^t tensors, as the loop below gives
         info = infos[0]
         groups[info[2:] + (val[id(bt1[0])], val[id(bt2[0])])] = list(range(n))
-        nbt = (_next_bt(bt1[0], val[id(bt1[0])], info[4], f), _next_bt(bt2[0], val[id(bt2[0])], info[5], f))
+        nbt = tuple(_next_bts(((bt1[0], val[id(bt1[0])], info[4]), (bt2[0], val[id(bt2[0])], info[5])), f))
         news = [(m, v, nbt) for m, v in zip(ms, vs)]
         if not info[0]:
             news = [tuple(st[:-1]) + (new,) for st, new in zip(states, news)]
