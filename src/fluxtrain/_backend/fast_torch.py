@@ -413,11 +413,9 @@ def _lion_foreach(rules, states, xs, gs, inplace):
 def _update_torch(rules, states, xs, gs, *, inplace):
     if not xs:
         return NotImplemented
-    x0 = xs[0]
-    if _supported(xs) and _info(rules[0], x0.dtype, caster(x0)) is not None:  # the Adam family
-        res = _adam_fused(rules, states, xs, gs, inplace)
-        if res is not NotImplemented:
-            return res
+    res = _adam_fused(rules, states, xs, gs, inplace)  # declines rules outside the Adam family
+    if res is not NotImplemented:
+        return res
     res = _numba(rules, states, xs, gs, inplace)
     if res is not NotImplemented:
         return res

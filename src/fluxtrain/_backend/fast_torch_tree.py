@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from . import fast, namespace
+from . import fast, namespace, put
 from ..optimise.interface import _DOT, _new_value, apply_group
 from ..optimise.tree import Leaf
 
@@ -128,9 +128,6 @@ def module_params(model: torch.nn.Module) -> tuple[tuple, list] | None:
     return nodes, xs
 
 
-_XP: list = []
-
-
 def module_state(model: torch.nn.Module, state: Any) -> tuple[list, list] | None:
     """The parameters of ``model`` and their state entries, in plan order; None when the
     module or the state does not follow a plan (the walker's case)."""
@@ -185,17 +182,15 @@ def update_flat(xs: list, ls: list, gs: list) -> bool:
     rule_type = type(rules[0])
     if set(map(type, rules)) != {rule_type}:
         return False
-    if not _XP:
-        _XP.append(namespace(x0))
     with torch.no_grad():
-        results = apply_group(rule_type, rules, list(map(_STATE, ls)), xs, gs, _XP[0], True)
+        results = apply_group(rule_type, rules, list(map(_STATE, ls)), xs, gs, namespace(x0), True)
         # commit, as the walker's phase 3 does for writeable arrays
         for leaf, x, (st, delta) in zip(ls, xs, results):
             leaf.state = st
             if delta is not None:
                 new = _new_value(x, delta)
                 if new is not None:
-                    x.copy_(new)
+                    put(x, new)
     return True
 
 
