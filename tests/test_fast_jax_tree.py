@@ -354,3 +354,107 @@ def test_rules_without_a_jax_kernel_take_the_walker(routed):
         ft.update_(s, m, [jnp.ones(3), jnp.array([1.0, jnp.inf])])
     assert all((np.asarray(a) == b).all() for a, b in zip(m, before))
     assert routed == []
+
+
+# ------------------------------------------------------------ states held by the step's store
+
+def _leaf_states(s):
+    return jax.tree.map(lambda l: l.state, s, is_leaf=lambda x: isinstance(x, ft.Leaf))
+
+
+def test_steady_steps_touch_no_leaf(routed):
+    """From the second route step on, the Leafs read their states from one store, which
+    each step updates in place; what they read is the walker's state, and a read is
+    built once per step."""
+    rng, ma, mb, sa, sb = _two_runs(ft.Adam(0.01), n=4)
+    stores = []
+    for _ in range(4):
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(4)])
+        stores.append(sa[0]._store)
+        assert all(l._store is stores[-1] and l._state is None for l in sa)
+        assert sa[2].state is sa[2].state  # built once, then the same tuple
+        _same(_leaf_states(sa), _leaf_states(sb))
+    assert stores[0] is not None and all(st is stores[0] for st in stores)
+    _same(ma, mb)
+    assert len(routed) == 4
+
+
+def test_reordered_leaves_are_read_by_position(routed):
+    """Leafs moved between places of the same structure still read their own states."""
+    rng, ma, mb, sa, sb = _two_runs(ft.Adam(0.01), n=3)
+    for t in range(4):
+        if t == 2:
+            for s in (sa, sb):
+                s[0], s[2] = s[2], s[0]
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(3)])
+    _same(ma, mb)
+    _same(_leaf_states(sa), _leaf_states(sb))
+    assert len(routed) == 4
+
+
+def test_two_models_of_one_structure_alternate(routed):
+    """Two models share a route (and its memo); each keeps reading its own store."""
+    rng, ma, mb, sa, sb = _two_runs(ft.Momentum(0.05), n=3)
+    _, mc, md, sc, sd = _two_runs(ft.Momentum(0.05), n=3, seed=5)
+    for _ in range(4):
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(3)])
+        _step_both(sc, mc, sd, md, [_arr(rng, 3) for _ in range(3)])
+    _same(ma, mb)
+    _same(mc, md)
+    _same(_leaf_states(sa), _leaf_states(sb))
+    _same(_leaf_states(sc), _leaf_states(sd))
+    assert len(routed) == 8
+
+
+def test_walker_steps_between_route_steps(routed):
+    """A step by the walker reads the held states and writes plain ones (the store is
+    broken); the route then starts a new store."""
+    rng, ma, mb, sa, sb = _two_runs(ft.Adam(0.01), n=3)
+    for t in range(5):
+        if t == 2:
+            with _walker_only():
+                g = [_arr(rng, 3) for _ in range(3)]
+                ft.update_(sa, ma, g)
+                ft.update_(sb, mb, [a + 0 for a in g])
+            assert all(l._store is None for l in sa)
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(3)])
+    _same(ma, mb)
+    _same(_leaf_states(sa), _leaf_states(sb))
+
+
+def test_held_leaves_copy_pickle_and_jit_as_plain_ones(routed):
+    import copy
+    import pickle
+    m, s, rng = _step_pair()
+    ft.update_(s, m, [_arr(rng, 3) for _ in range(4)])
+    assert s[0]._store is not None
+    for c in (copy.copy(s[0]), copy.deepcopy(s[0]), pickle.loads(pickle.dumps(s[0]))):
+        assert type(c) is ft.Leaf and c._store is None and c.rule == s[0].rule
+        _same(c.state, s[0].state)
+    g = [_arr(rng, 3) for _ in range(4)]
+    s2, m2 = jax.jit(ft.update)(s, m, g)  # the Leafs' pytree flattening reads the store
+    with _walker_only():
+        s3, m3 = ft.update(s, m, g)
+    assert all(l._store is None for l in s2)
+    _same(m2, m3)
+    _same(_leaf_states(s2), _leaf_states(s3))
+
+
+def test_dropped_model_is_freed_without_the_cycle_collector(routed):
+    """Leafs point at their store, the store at no Leaf: dropping the model and state
+    frees their arrays at once (no reference cycle)."""
+    import gc
+    import weakref
+    rng = np.random.default_rng(0)
+    m = [_arr(rng, 3) for _ in range(2)]
+    s = ft.setup(ft.Adam(), m)
+    for _ in range(3):
+        ft.update_(s, m, [_arr(rng, 3) for _ in range(2)])
+    gc.collect()
+    refs = [weakref.ref(a) for a in m + [s[0].state[0], s[1].state[1]]] + [weakref.ref(s[0]._store)]
+    gc.disable()
+    try:
+        del m, s
+        assert all(r() is None for r in refs)
+    finally:
+        gc.enable()

@@ -267,16 +267,26 @@ class _Plan:
         self.n_sx = n_state + k  # leaves of (states, xs); the gradients follow
         self._chains: bool | None = None
 
-    def chains(self) -> bool:
+    def chains(self, npool: int) -> bool:
         """Can this step's outputs ``(new_states, new_xs)``, with fresh gradients, be the
         next step's inputs under this same plan? True when the outputs have the inputs'
-        structure and the same repeated leaves, and no gradient repeats anything."""
+        structure and the same repeated leaves, and no gradient repeats anything. Then
+        also sets where, in ``pool + gradients`` (``pool``: the program's outputs, with
+        its kept inputs when it returns some of them, ``npool`` in all), the next step
+        finds its donated and kept inputs, and each state's and parameter's outputs."""
         if self._chains is None:
             n = self.n_sx
             last = {r: i for i, r in enumerate(self.out_map)}
             self._chains = (self.out_treedef.children() == self.treedef.children()[:2]
                             and tuple(last[r] for r in self.out_map) == self.rep_of[:n]
                             and all(self.rep_of[i] == i for i in range(n, len(self.rep_of))))
+            if self._chains:
+                src = self.out_map + tuple(range(npool, npool + len(self.rep_of) - n))
+                self.chain_don = tuple(src[p] for p in self.don_pos)
+                self.chain_keep = tuple(src[p] for p in self.keep_pos)
+                b = self.bounds
+                self.state_idx = tuple(self.out_map[b[i]:b[i + 1]] for i in range(len(self.state_tds)))
+                self.x_idx = self.out_map[b[-1]:n]
         return self._chains
 
     def _clusters(self, n_state: int):
@@ -435,45 +445,81 @@ def _eta_arrays(etas: tuple) -> list:
     return a
 
 
+class Store:
+    """The optimiser states of one group's Leafs after an ``update_`` step, where the
+    compiled program returned them. The route attaches each Leaf to it (``Leaf._store``,
+    ``Leaf._at``); a Leaf's ``state`` is built from the outputs when it is read, once per
+    step. When the next step finds the same Leafs still attached and the model holding
+    this store's parameters, it passes the outputs straight back to the program, updates
+    the store in place and touches no Leaf: Optimisers.jl's per-array state is kept as
+    an API, while a step costs what a flat layout costs (no tuple per array to build,
+    store and free). ``Leaf.state = ...`` detaches that Leaf. A store is updated in place
+    only while every Leaf it was given is still attached, in order; Leafs are attached
+    only to a new store, so one that lost a Leaf is never updated again (only read)."""
+
+    __slots__ = ("plan", "pool", "xs", "rules", "etas", "cache", "n", "order", "__weakref__")
+
+    def __init__(self, plan: _Plan, n: int) -> None:
+        self.plan, self.n = plan, n
+        self.order = list(range(n))
+        self.pool: list = []
+        self.xs: list = []
+        self.rules: list = []
+        self.etas: tuple = ()
+        self.cache: list | None = None
+
+    def state_of(self, i: int) -> Any:
+        c = self.cache
+        if c is None:
+            c = self.cache = [None] * self.n
+        st = c[i]
+        if st is None:
+            st = c[i] = self.plan.state_tds[i].unflatten(list(map(self.pool.__getitem__, self.plan.state_idx[i])))
+        return st
+
+
 class Memo:
     """What a caller keeps between ``update_`` steps of one model (the whole-step route
-    does): the last plan and its outputs, which are the next step's inputs when nothing
-    changed in between. The next step then checks identities instead of flattening the
-    states and matching the plan. Holds the model's current arrays: cleared by ``clear``
-    (the route calls it when the model's first Leaf is gone)."""
+    does): the last step's :class:`Store`. Cleared by ``clear`` (the route calls it when
+    the model's first Leaf is gone, so that a discarded model is freed)."""
 
     __slots__ = ("prev", "owner")
 
     def __init__(self) -> None:
-        self.prev: tuple | None = None  # (plan, new_states, new_xs, their leaves, rules, etas)
+        self.prev: Store | None = None
         self.owner = None
 
     def clear(self, *_: Any) -> None:
         self.prev = None
 
 
-def _chained(p, spec, inplace, states, xs, gs):
-    """The last step's plan and this step's leaves, when its outputs are exactly this
-    step's states and parameters, and the gradients are distinct new arrays."""
-    plan = p[0]
-    if (plan.inplace is inplace and (plan.spec is spec or plan.spec == spec) and len(states) == len(p[1])
-            and len(xs) == len(p[2]) and all(map(operator.is_, states, p[1])) and all(map(operator.is_, xs, p[2]))):
+def _chained(s: Store, spec, inplace, xs, gs):
+    """``pool + gradients``, where the next step finds its inputs, when the model holds
+    exactly the last step's parameters and the gradients are distinct new arrays (the
+    caller has checked that the Leafs are the store's)."""
+    plan = s.plan
+    if (plan.inplace is inplace and (plan.spec is spec or plan.spec == spec)
+            and len(xs) == len(s.xs) and all(map(operator.is_, xs, s.xs))):
         # no gradient may be one of the arrays about to be donated. Asked of the outputs'
         # ids one by one: a set of them, kept between steps, costs more (fresh allocations,
         # cold after the compiled call)
         gids = set(map(id, gs))
-        if len(gids) == len(gs) and not any(map(gids.__contains__, map(id, p[3]))):
-            return plan, p[3] + list(gs)
-    return None, None
+        if len(gids) == len(gs) and not any(map(gids.__contains__, map(id, s.pool))):
+            return s.pool + list(gs)
+    return None
 
 
-def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None):
-    """``(new_states, new_xs)`` for one group, or ``NotImplemented`` (see ``_update_jax``)."""
+def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None, held: Store | None = None):
+    """``(new_states, new_xs)`` for one group, or ``NotImplemented`` (see ``_update_jax``).
+
+    With a ``memo`` (``update_`` of the route), when the plan chains, ``new_states`` is the
+    :class:`Store` holding them (``held``, updated in place, when the caller found its
+    Leafs attached to it: then ``states`` may be None)."""
     if not xs or isinstance(xs[0], _Tracer) or any(issubclass(t, _Tracer) for t in set(map(type, gs))):
         return NotImplemented  # inside the user's own jit: the generic path is compiled anyway
     p = memo.prev if memo is not None else None
-    if p is not None and len(rules) == len(p[4]) and all(map(operator.is_, rules, p[4])):
-        spec, etas = p[0].spec, p[5]  # the same rule objects as last step
+    if p is not None and len(rules) == len(p.rules) and all(map(operator.is_, rules, p.rules)):
+        spec, etas = p.plan.spec, p.etas  # the same rule objects as last step
     else:
         try:
             spec, etas = _spec(rules)
@@ -486,18 +532,24 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None):
         ok, norms = _checked_norms(spec.throws, list(gs))
         if not bool(ok):
             return NotImplemented  # the generic path raises ClipNorm's DomainError
-    plan, leaves = _chained(p, spec, inplace, states, xs, gs) if p is not None else (None, None)
-    if plan is not None:
+    src = _chained(held, spec, inplace, xs, gs) if held is not None else None
+    if src is not None:
+        plan = held.plan
         key = plan.key
+        don = list(map(src.__getitem__, plan.chain_don))
+        keep = list(map(src.__getitem__, plan.chain_keep))
     else:
+        held = None
+        if states is None:
+            states = list(map(p.state_of, range(p.n)))
         leaves, treedef = jax.tree.flatten((states, xs, gs))
         key, plan = _plan(spec, treedef, leaves, inplace)
         if plan.try_merge:
             if _merge(plan, leaves):
                 key, plan = _plan(spec, treedef, leaves, inplace)
             plan.try_merge = False  # values looked at once; the shared arrays now persist
-    don = list(map(leaves.__getitem__, plan.don_pos))
-    keep = list(map(leaves.__getitem__, plan.keep_pos))
+        don = list(map(leaves.__getitem__, plan.don_pos))
+        keep = list(map(leaves.__getitem__, plan.keep_pos))
     if memo is not None:
         memo.prev = None  # the donated arrays die now; only a completed step is remembered
     try:
@@ -509,11 +561,14 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None):
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError, TypeError):
         return NotImplemented  # a rule that cannot be traced: the generic path decides
     pool = outs + keep if plan.reads_keep else outs
+    if memo is not None and plan.chains(len(pool)):
+        store = held if held is not None else Store(plan, len(plan.state_tds))
+        new_xs = list(map(pool.__getitem__, plan.x_idx))
+        store.pool, store.xs, store.rules, store.etas, store.cache = pool, new_xs, rules, etas, None
+        memo.prev = store
+        return store, new_xs
     out = list(map(pool.__getitem__, plan.out_map))
-    new_states, new_xs = plan.out_treedef.unflatten(out)
-    if memo is not None and plan.chains():
-        memo.prev = (plan, new_states, new_xs, out, rules, etas)
-    return new_states, new_xs
+    return plan.out_treedef.unflatten(out)
 
 
 def _update_jax(rules, states, xs, gs, *, inplace):

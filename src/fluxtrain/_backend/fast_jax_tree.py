@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import operator
 import weakref
+from itertools import repeat
 from typing import Any
 
 import jax
 
 from . import fast
-from .fast_jax import Memo, _Tracer, step
+from .fast_jax import Memo, Store, _Tracer, step
 from ..optimise.tree import Leaf, _key_of, children
 
 _AVAL = operator.attrgetter("aval")
@@ -43,10 +44,30 @@ _RULE = operator.attrgetter("rule")
 _STATE = operator.attrgetter("state")
 _FROZEN = operator.attrgetter("frozen")
 _TIE = operator.attrgetter("tie")
+_STORE = operator.attrgetter("_store")
+_AT = operator.attrgetter("_at")
 
 
 def _stop(node: Any) -> bool:
     return node is None or type(node) is Leaf
+
+
+def _state_flattener():
+    """``flatten(state)`` with Leafs and None as leaves: a pytree registry of only the
+    containers ``setup`` builds (dict, list, tuple, NamedTuple), so that the whole walk is
+    C++ (``is_leaf`` would call back into Python at every node). Falls back to
+    ``is_leaf`` if jaxlib's registry type is not reachable."""
+    try:
+        from jax._src.lib import pytree
+        reg = pytree.PyTreeRegistry(enable_none=False, enable_tuple=True, enable_namedtuple=True,
+                                    enable_list=True, enable_dict=True)
+        reg.flatten([None, (None,), {"a": None}])
+        return reg.flatten
+    except Exception:  # noqa: BLE001 - a jaxlib without it: the public, slower way
+        return lambda s: jax.tree.flatten(s, is_leaf=_stop)
+
+
+_flatten_state = _state_flattener()
 
 
 class _NoRoute(Exception):
@@ -108,7 +129,7 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
     if not gl or not isinstance(gl[0], jax.Array) or isinstance(gl[0], _Tracer):
         return None  # not concrete JAX arrays: nothing to gain here
     xl, xtd = jax.tree.flatten(model)
-    sl, std = jax.tree.flatten(state, is_leaf=_stop)
+    sl, std = _flatten_state(state)
     key = (std, xtd, gtd)
     route = _ROUTES.get(key, False)
     if route is False:
@@ -140,7 +161,12 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
     if set(map(type, rules)) != {route.rule_type}:
         return None
     memo = None if pure or active is not None else route.memo
-    res = step(rules, list(map(_STATE, leaves)), xs, gs, inplace=not pure, memo=memo)
+    held = memo.prev if memo is not None else None
+    if held is not None and not (len(leaves) == held.n and all(map(operator.is_, map(_STORE, leaves), repeat(held)))
+                                 and list(map(_AT, leaves)) == held.order):
+        held = None  # the Leafs do not all read their states, in order, from the last step's store
+    res = step(rules, None if held is not None else list(map(_STATE, leaves)), xs, gs,
+               inplace=not pure, memo=memo, held=held)
     if res is NotImplemented:
         return None
     if memo is not None and (memo.owner is None or memo.owner() is not leaves[0]):
@@ -158,17 +184,30 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
         for l, st in zip(leaves, new_states):
             copies[id(l)].state = st
         return std.unflatten([None if l is None else copies[id(l)] for l in sl]), _unflatten(route, xtd, xl, vals)
-    for l, st in zip(leaves, new_states):
-        l.state = st
+    if type(new_states) is Store:
+        if new_states is not held:  # a new store: the Leafs now read their states there
+            for i, l in enumerate(leaves):
+                l._store, l._at, l._state = new_states, i, None
+    else:
+        for l, st in zip(leaves, new_states):
+            l.state = st
     if route.rebind == "paths":
-        for parent, items in route.parents:
+        for parent, keys, idx, whole in route.parents:
             c = model
             for k in parent:
                 c = c[k]
-            for k, i in items:
-                v = vals[i]
-                if v is not None:
-                    c[k] = v
+            if active is not None:
+                for k, i in zip(keys, idx):
+                    v = vals[i]
+                    if v is not None:
+                        c[k] = v
+            elif whole:  # a list of trainable arrays only
+                c[:] = map(vals.__getitem__, idx)
+            elif type(c) is dict:
+                c.update(zip(keys, map(vals.__getitem__, idx)))
+            else:
+                for k, i in zip(keys, idx):
+                    c[k] = vals[i]
         return state, model
     if route.rebind == "unflatten":
         return state, _unflatten(route, xtd, xl, vals)
@@ -232,9 +271,17 @@ def _build(state, model, grad, sl, xl) -> _Route | None:
     if rebind == "paths":  # the parent container of each array, and its key there
         for i, (_, _, _, path, _) in enumerate(entries):
             parents.setdefault(tuple(path[:-1]), []).append((path[-1], i))
+    plist = []
+    for pp, items in parents.items():
+        c = model
+        for k in pp:
+            c = c[k]
+        keys = tuple(k for k, _ in items)
+        # a list whose every item is updated, in order: one slice assignment
+        whole = type(c) is list and keys == tuple(range(len(c)))
+        plist.append((pp, keys, tuple(i for _, i in items), whole))
     return _Route(tuple(s_pos), tuple(x_pos), tuple(g_pos), len(s_at), type(first[0].rule), type(x0),
-                  x0.dtype, placement(x0), rebind,
-                  tuple((k, tuple(v)) for k, v in parents.items()))
+                  x0.dtype, placement(x0), rebind, tuple(plist))
 
 
 def _kinds(x: Any, out: set) -> None:

@@ -42,15 +42,33 @@ class Leaf:
     as one (gradients summed, one update, the same new state and array in both places).
     """
 
-    __slots__ = ("rule", "state", "frozen", "tie", "__weakref__")
+    __slots__ = ("rule", "_state", "frozen", "tie", "_store", "_at", "__weakref__")
 
     def __init__(self, rule: Any, state: Any, frozen: bool = False, tie: int | None = None) -> None:
         self.rule = rule
-        self.state = state
+        self._state = state
+        self._store = None
+        self._at = 0
         self.frozen = frozen
         self.tie = tie  # set by setup on a Leaf shared by tied arrays (survives jax.jit)
         if not _PYTREE_DONE and "jax" in sys.modules:
             _register_pytree()
+
+    # After a JAX update_ step the states of a whole group of Leafs stay where the
+    # compiled program returned them (a fast_jax.Store); each Leaf reads its own state
+    # from there when asked, so a step does not touch the Leafs at all.
+    @property
+    def state(self) -> Any:
+        s = self._store
+        return self._state if s is None else s.state_of(self._at)
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._store = None  # detached: the next step cannot pass the store's arrays back
+        self._state = value
+
+    def __reduce__(self):
+        return Leaf, (self.rule, self.state, self.frozen, self.tie)
 
     def __repr__(self) -> str:
         return f"Leaf({self.rule!r}, {_short(self.state)}{', frozen=True' if self.frozen else ''})"
