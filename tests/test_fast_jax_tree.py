@@ -458,3 +458,16 @@ def test_dropped_model_is_freed_without_the_cycle_collector(routed):
         assert all(r() is None for r in refs)
     finally:
         gc.enable()
+
+
+def test_parameter_replaced_between_steps_is_seen(routed):
+    """Only the model changes (the Leafs stay attached): the step must read the new array."""
+    rng, ma, mb, sa, sb = _two_runs(ft.Adam(0.1))
+    for t in range(5):
+        if t in (2, 3):
+            ma[1] = ma[1] * 2.0
+            mb[1] = mb[1] * 2.0
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(3)])
+    _same(ma, mb)
+    _same(_leaf_states(sa), _leaf_states(sb))
+    assert len(routed) == 5

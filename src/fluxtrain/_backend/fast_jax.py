@@ -500,25 +500,34 @@ def _chained(s: Store, spec, inplace, xs, gs):
     plan = s.plan
     if (plan.inplace is inplace and (plan.spec is spec or plan.spec == spec)
             and len(xs) == len(s.xs) and all(map(operator.is_, xs, s.xs))):
-        # no gradient may be one of the arrays about to be donated. Asked of the outputs'
-        # ids one by one: a set of them, kept between steps, costs more (fresh allocations,
-        # cold after the compiled call)
-        gids = set(map(id, gs))
-        if len(gids) == len(gs) and not any(map(gids.__contains__, map(id, s.pool))):
-            return s.pool + list(gs)
+        return _fresh(s, gs)
     return None
 
 
-def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None, held: Store | None = None):
+def _fresh(s: Store, gs):
+    """``pool + gradients`` when the gradients are distinct arrays, none of them one of the
+    store's (about to be donated), else None. Asked of the outputs' ids one by one: a set
+    of them, kept between steps, costs more (fresh allocations, cold after the call)."""
+    gids = set(map(id, gs))
+    if len(gids) == len(gs) and not any(map(gids.__contains__, map(id, s.pool))):
+        return s.pool + list(gs)
+    return None
+
+
+def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None, held: Store | None = None,
+         steady: bool = False):
     """``(new_states, new_xs)`` for one group, or ``NotImplemented`` (see ``_update_jax``).
 
     With a ``memo`` (``update_`` of the route), when the plan chains, ``new_states`` is the
     :class:`Store` holding them (``held``, updated in place, when the caller found its
-    Leafs attached to it: then ``states`` may be None)."""
-    if not xs or isinstance(xs[0], _Tracer) or any(issubclass(t, _Tracer) for t in set(map(type, gs))):
+    Leafs attached to it: then ``states`` may be None). ``steady``: the caller has also
+    found the rule objects and parameters to be the store's and the gradients to be
+    concrete arrays of the kinds seen before."""
+    if not steady and (not xs or isinstance(xs[0], _Tracer)
+                       or any(issubclass(t, _Tracer) for t in set(map(type, gs)))):
         return NotImplemented  # inside the user's own jit: the generic path is compiled anyway
     p = memo.prev if memo is not None else None
-    if p is not None and len(rules) == len(p.rules) and all(map(operator.is_, rules, p.rules)):
+    if steady or (p is not None and len(rules) == len(p.rules) and all(map(operator.is_, rules, p.rules))):
         spec, etas = p.plan.spec, p.etas  # the same rule objects as last step
     else:
         try:
@@ -532,7 +541,7 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None, held: Stor
         ok, norms = _checked_norms(spec.throws, list(gs))
         if not bool(ok):
             return NotImplemented  # the generic path raises ClipNorm's DomainError
-    src = _chained(held, spec, inplace, xs, gs) if held is not None else None
+    src = (_fresh(held, gs) if steady else _chained(held, spec, inplace, xs, gs)) if held is not None else None
     if src is not None:
         plan = held.plan
         key = plan.key
