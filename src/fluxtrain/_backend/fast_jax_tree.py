@@ -80,8 +80,12 @@ class _Route:
     __slots__ = ("s_pos", "x_pos", "g_pos", "n_state", "rule_type", "array_type", "dtype",
                  "where", "rebind", "parents", "x_avals", "g_avals", "x_sh", "g_sh", "keep", "memo")
 
-    def __init__(self, s_pos, x_pos, g_pos, n_state, rule_type, array_type, dtype, where, rebind, parents):
-        self.s_pos, self.x_pos, self.g_pos, self.n_state = s_pos, x_pos, g_pos, n_state
+    def __init__(self, s_pos, x_pos, g_pos, n_state, rule_type, array_type, dtype, where, rebind, parents,
+                 lengths):
+        # None: every flattened leaf, in order
+        self.s_pos, self.x_pos, self.g_pos = (None if p == tuple(range(n)) else p
+                                              for p, n in zip((s_pos, x_pos, g_pos), lengths))
+        self.n_state = n_state
         self.rule_type, self.array_type, self.dtype, self.where = rule_type, array_type, dtype, where
         self.rebind, self.parents = rebind, parents
         self.x_avals = self.g_avals = self.x_sh = self.g_sh = None
@@ -159,9 +163,12 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
         _ROUTES[key] = route
     if route is None:
         return None
-    leaves = list(map(sl.__getitem__, route.s_pos))
-    xs = list(map(xl.__getitem__, route.x_pos))
-    gs = list(map(gl.__getitem__, route.g_pos))
+    # (a position list that is every leaf in order is the flattened list itself: the tree
+    # structures, the route's key, fix the lengths)
+    leaves = sl if route.s_pos is None else list(map(sl.__getitem__, route.s_pos))
+    xs = xl if route.x_pos is None else list(map(xl.__getitem__, route.x_pos))
+    gs = gl if route.g_pos is None else list(map(gl.__getitem__, route.g_pos))
+    n = len(xs)
     if len(sl) - sl.count(None) != route.n_state:
         return None  # a Leaf where the route has none
     memo = None if pure else route.memo
@@ -199,7 +206,7 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
     if active is None:
         vals = new_xs
     else:
-        vals = [None] * len(route.x_pos)
+        vals = [None] * n
         for j, i in enumerate(active):
             vals[i] = new_xs[j]
     if pure:
@@ -240,7 +247,7 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
 
 def _unflatten(route: _Route, xtd, xl: list, vals: list):
     new = list(xl)
-    for p, v in zip(route.x_pos, vals):
+    for p, v in zip(range(len(xl)) if route.x_pos is None else route.x_pos, vals):
         if v is not None:
             new[p] = v
     return xtd.unflatten(new)
@@ -304,7 +311,7 @@ def _build(state, model, grad, sl, xl) -> _Route | None:
         whole = type(c) is list and keys == tuple(range(len(c)))
         plist.append((pp, keys, tuple(i for _, i in items), whole))
     return _Route(tuple(s_pos), tuple(x_pos), tuple(g_pos), len(s_at), type(first[0].rule), type(x0),
-                  x0.dtype, placement(x0), rebind, tuple(plist))
+                  x0.dtype, placement(x0), rebind, tuple(plist), (len(sl), len(xl), len(g_at)))
 
 
 def _kinds(x: Any, out: set) -> None:
