@@ -471,3 +471,18 @@ def test_parameter_replaced_between_steps_is_seen(routed):
     _same(ma, mb)
     _same(_leaf_states(sa), _leaf_states(sb))
     assert len(routed) == 5
+
+
+def test_steady_step_checks_its_own_gradient_shapes(routed):
+    """The avals a steady step accepts are those its own store was made with, not the
+    last ones the route saw (here from another model's pure step of the same structure)."""
+    m, s, rng = _step_pair()
+    ft.update_(s, m, [_arr(rng, 3) for _ in range(4)])  # a store, steady from here
+    other = [_arr(rng, 1) for _ in range(4)]
+    ft.update(ft.setup(ft.Adam(0.01), other), other, [_arr(rng, 1) for _ in range(4)])
+    ft.update_(s, m, [_arr(rng, 3) for _ in range(4)])  # steady: keeps its store's record
+    before = _snapshot(m, s)
+    with pytest.raises(DimensionMismatch, match="shape"):
+        ft.update_(s, m, [_arr(rng, 1) for _ in range(4)])  # (1,) would broadcast
+    after = _snapshot(m, s)
+    assert all((a == b).all() for a, b in zip(before[0] + before[1], after[0] + after[1]))

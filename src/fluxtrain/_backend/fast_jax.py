@@ -457,7 +457,7 @@ class Store:
     only while every Leaf it was given is still attached, in order; Leafs are attached
     only to a new store, so one that lost a Leaf is never updated again (only read)."""
 
-    __slots__ = ("plan", "pool", "xs", "rules", "etas", "cache", "n", "order", "__weakref__")
+    __slots__ = ("plan", "pool", "xs", "rules", "etas", "cache", "n", "order", "g_avals", "g_sh", "__weakref__")
 
     def __init__(self, plan: _Plan, n: int) -> None:
         self.plan, self.n = plan, n
@@ -467,6 +467,8 @@ class Store:
         self.rules: list = []
         self.etas: tuple = ()
         self.cache: list | None = None
+        self.g_avals: list | None = None  # the gradients' avals and placements last accepted
+        self.g_sh: tuple = (None, None)  # (their sharding ids, the shardings kept alive)
 
     def state_of(self, i: int) -> Any:
         c = self.cache

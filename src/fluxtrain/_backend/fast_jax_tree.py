@@ -111,11 +111,6 @@ class _Route:
         return True
 
 
-    def grads_placed(self, gs: list) -> bool:
-        """The gradients' avals and placements are exactly those last accepted."""
-        if list(map(_AVAL, gs)) != self.g_avals:
-            return False
-        return _one_device() or list(map(id, map(_SHARDING, gs))) == self.g_sh
 
 
 _ONE: list = []
@@ -136,7 +131,8 @@ def _steady(route: _Route, held: Store, leaves: list, xs: list, gs: list) -> boo
     else was checked when the store was made (its parameters are the program's outputs)."""
     return (all(map(operator.is_, map(_RULE, leaves), held.rules)) and not any(map(_FROZEN, leaves))
             and len(xs) == len(held.xs) and all(map(operator.is_, xs, held.xs))
-            and set(map(type, gs)) == {route.array_type} and route.grads_placed(gs))
+            and set(map(type, gs)) == {route.array_type} and list(map(_AVAL, gs)) == held.g_avals
+            and (_one_device() or list(map(id, map(_SHARDING, gs))) == held.g_sh[0]))
 
 
 _ROUTES: dict[tuple, _Route | None] = {}
@@ -177,7 +173,8 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
                                  and list(map(_AT, leaves)) == held.order):
         held = None  # the Leafs do not all read their states, in order, from the last step's store
     active = None
-    if held is not None and _steady(route, held, leaves, xs, gs):
+    steady = held is not None and _steady(route, held, leaves, xs, gs)
+    if steady:
         res = step(held.rules, None, xs, gs, inplace=True, memo=memo, held=held, steady=True)
     else:
         if set(map(type, leaves)) != {Leaf} or any(map(_TIE, leaves)):
@@ -215,6 +212,11 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
             copies[id(l)].state = st
         return std.unflatten([None if l is None else copies[id(l)] for l in sl]), _unflatten(route, xtd, xl, vals)
     if type(new_states) is Store:
+        if not steady:
+            # what this step's gradients were accepted as (route.placed): a steady step
+            # must match these, not the route's record, which another model of this
+            # structure may set since
+            new_states.g_avals, new_states.g_sh = route.g_avals, (route.g_sh, route.keep)
         if new_states is not held:  # a new store: the Leafs now read their states there
             for i, l in enumerate(leaves):
                 l._store, l._at, l._state = new_states, i, None
