@@ -157,6 +157,23 @@ def test_adjust_keeps_state_and_adjust_in_place():
     assert ft.adjust(ft.MixedPrecision(ft.Adam()), 0.3).rule.eta == 0.3
 
 
+def test_adjust_shares_one_new_rule_and_is_all_or_nothing():
+    x = {"a": np.zeros(1), "b": np.zeros(2), "c": np.zeros(3)}
+    s = ft.setup(ft.Adam(), x)
+    s["a"] = ft.setup(ft.RMSProp(), x["a"])
+    ft.adjust_(s, 0.5)
+    assert s["b"].rule is s["c"].rule and s["b"].rule == ft.Adam(0.5)  # one rule, as setup made
+    assert s["a"].rule == ft.RMSProp(0.5)
+    s2 = ft.adjust(s, 0.25)
+    assert s2["b"].rule is s2["c"].rule and s["b"].rule.eta == 0.5
+    before = {k: l.rule for k, l in s.items()}
+    with pytest.raises(ft.ArgumentError):  # RMSProp cannot change `centred`: nothing changes
+        ft.adjust(s, 0.1, centred=True)
+    with pytest.raises(ft.ArgumentError):
+        ft.adjust_(s, 0.1, centred=True)
+    assert all(s[k].rule is r for k, r in before.items())
+
+
 def test_float32_follows_julia_float32_arithmetic_exactly():
     """Hyper-parameters and scalar sub-expressions are rounded to Float32 as Julia's
     `T(o.eta)`, `1 - β[1]` (in T) do; compare with an explicit float32 re-computation."""

@@ -516,17 +516,29 @@ def adjust(tree: Any, eta: float | None = None, **hyper: Any) -> Any:
         return tree.adjust(eta, **hyper)
     memo: dict[int, Leaf] = {}
     new = _copy_state(tree, memo)
-    for leaf in memo.values():
-        leaf.rule = leaf.rule.adjust(eta, **hyper)
+    _adjust_rules(memo.values(), eta, hyper)
     return new
 
 
 def adjust_(tree: Any, eta: float | None = None, **hyper: Any) -> Any:
     """In-place :func:`adjust` on a state tree or sub-tree (e.g. ``adjust_(state["enc"], 0.03)``);
     returns ``tree``. Flux: ``adjust!(opt_state, eta)`` / ``adjust!(opt_state; beta=...)``."""
-    for leaf in _leaves(tree):
-        leaf.rule = leaf.rule.adjust(eta, **hyper)
+    _adjust_rules(_leaves(tree), eta, hyper)
     return tree
+
+
+def _adjust_rules(leaves, eta, hyper) -> None:
+    """Each Leaf's rule adjusted; Leafs that shared a rule object (as ``setup`` makes
+    them) share the adjusted one, so a schedule calling ``adjust_`` every step makes one
+    new rule, not one per array (and the JAX fast path sees one rule, not thousands)."""
+    leaves = list(leaves)
+    done: dict[int, tuple] = {}
+    for leaf in leaves:  # all computed first: a rule that refuses leaves every Leaf as it was
+        old = leaf.rule
+        if id(old) not in done:
+            done[id(old)] = (old, old.adjust(eta, **hyper))  # old kept: ids stay unique
+    for leaf in leaves:
+        leaf.rule = done[id(leaf.rule)][1]
 
 
 def freeze_(tree: Any) -> Any:
