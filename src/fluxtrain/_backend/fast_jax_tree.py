@@ -111,8 +111,6 @@ class _Route:
         return True
 
 
-
-
 _ONE: list = []
 
 
