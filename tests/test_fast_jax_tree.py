@@ -488,20 +488,39 @@ def test_steady_step_checks_its_own_gradient_shapes(routed):
     assert all((a == b).all() for a, b in zip(before[0] + before[1], after[0] + after[1]))
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation (docs/performance.md): after update_, Leafs share "
-                   "their beta^t arrays, and jax.jit with donate_argnums refuses a buffer passed twice")
-def test_state_from_update_can_be_donated_to_a_users_jit():
+@pytest.mark.parametrize("how", ["update_", "update", "frozen"])
+def test_state_from_the_fast_path_can_be_donated_to_a_users_jit(how, routed):
+    """The group step shares 0-d state (beta^t) between Leafs internally; a state tree
+    handed out must not hold one buffer twice, or a donating ``jax.jit`` refuses it."""
     rng = np.random.default_rng(0)
-    m = [_arr(rng, 3) for _ in range(2)]
+    m = [_arr(rng, 3) for _ in range(3)]
     s = ft.setup(ft.Adam(), m)
-    for _ in range(2):
-        s, m = ft.update_(s, m, [_arr(rng, 3) for _ in range(2)])
+    for t in range(3):
+        g = [_arr(rng, 3) for _ in range(3)]
+        if how == "update":
+            s, m = ft.update(s, m, g)
+        else:
+            if how == "frozen" and t == 2:
+                ft.freeze_(s[0])  # a step of the others alone: plain states, not a store
+            s, m = ft.update_(s, m, g)
+    ft.thaw_(s)
+    zs = [a for a in jax.tree.leaves(s) if a.ndim == 0]
+    assert len({id(a) for a in zs}) == len(zs)
+    gs = [[_arr(rng, 3) for _ in range(3)] for _ in range(2)]
+    se, me = s, m
+    for g in gs:  # the expected values, by the pure update without jit or donation
+        se, me = ft.update(se, me, g)
+    me = [np.asarray(a).copy() for a in me]
     f = jax.jit(ft.update, donate_argnums=(0, 1))
-    s, m = f(s, m, [_arr(rng, 3) for _ in range(2)])
+    for g in gs:
+        s, m = f(s, m, g)
+    for a, b in zip(m, me):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6)
+    assert len(routed) >= 3
 
 
 def test_copied_state_from_update_can_be_donated_to_a_users_jit():
-    """The documented workaround for the limitation above: copy the state once."""
+    """A copy of the state (once the workaround for the shared arrays) works too."""
     rng = np.random.default_rng(0)
     m = [_arr(rng, 3) for _ in range(2)]
     s = ft.setup(ft.Adam(), m)
@@ -518,3 +537,17 @@ def test_copied_state_from_update_can_be_donated_to_a_users_jit():
         s, m = f(s, m, g)
     np.testing.assert_allclose(np.asarray(m[0]), me[0], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(m[1]), me[1], rtol=1e-6)
+
+
+def test_another_rule_on_the_same_structure_takes_its_own_route(routed):
+    """Routes are kept per tree structure *and* rule type: a second optimiser on a model
+    of the same structure must not be left to the walker."""
+    rng, ma, mb, sa, sb = _two_runs(ft.Adam(0.01))
+    _, mc, md, sc, sd = _two_runs(ft.Momentum(0.05), seed=3)
+    for _ in range(2):
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(3)])
+    for _ in range(2):
+        _step_both(sc, mc, sd, md, [_arr(rng, 3) for _ in range(3)])
+    _same(ma, mb)
+    _same(mc, md)
+    assert len(routed) == 4

@@ -215,7 +215,7 @@ class _Plan:
     distinct ones (each repeated leaf is passed to the program once).
     """
 
-    def __init__(self, spec: _Spec, treedef, idx: tuple, leaves: list, inplace: bool) -> None:
+    def __init__(self, spec: _Spec, treedef, idx: tuple, leaves: list, inplace: bool, share: bool) -> None:
         self.spec, self.treedef, self.inplace = spec, treedef, inplace
         self.key: tuple | None = None  # set by _plan
         states_td = treedef.children()[0]
@@ -254,7 +254,10 @@ class _Plan:
         self.don_pos = tuple(rep_pos[s] for s in self.don_slots)
         self.keep_pos = tuple(rep_pos[s] for s in self.keep_slots)
         self.nslots = nslots
-        self.zpos, self.cluster_of = self._clusters(n_state)
+        if share:  # outputs held by a Store (which hands out distinct copies when read)
+            self.zpos, self.cluster_of = self._clusters(n_state)
+        else:  # outputs that become Leaf states: never shared (a donating jit refuses repeats)
+            self.zpos, self.cluster_of = None, (None,) * k
         nclusters = len(set(c for c in self.cluster_of if c is not None))
         nkinds = len(set(c[:3] for c in self.cluster_of if c is not None))
         # Fresh Leafs (setup) have equal but distinct 0-d arrays: worth one look at values
@@ -287,6 +290,18 @@ class _Plan:
                 b = self.bounds
                 self.state_idx = tuple(self.out_map[b[i]:b[i + 1]] for i in range(len(self.state_tds)))
                 self.x_idx = self.out_map[b[-1]:n]
+                # the outputs a Leaf's state shares with an earlier Leaf (or a parameter):
+                # per Leaf, (position in its state, index in Store.copies)
+                seen, dups, self.copy_of = set(self.x_idx), [], []
+                for idx in self.state_idx:
+                    mine = []
+                    for q, r in enumerate(idx):
+                        if r in seen:
+                            mine.append((q, len(dups)))
+                            dups.append(r)
+                        seen.add(r)
+                    self.copy_of.append(tuple(mine))
+                self.dups = tuple(dups)
         return self._chains
 
     def _clusters(self, n_state: int):
@@ -371,26 +386,26 @@ _PLANS_MAX = 32
 _LAST: dict[tuple, _Plan] = {}  # (spec, inplace) -> the plan used last: usually the next one too
 
 
-def _plan(spec, treedef, leaves, inplace):
+def _plan(spec, treedef, leaves, inplace, share):
     ids = list(map(id, leaves))
-    plan = _LAST.get((spec, inplace))
+    plan = _LAST.get((spec, inplace, share))
     # the same structure, each repeated leaf the same object as its twin, no others alike
     if (plan is not None and treedef == plan.treedef and len(set(ids)) == plan.nslots
             and list(map(ids.__getitem__, plan.twin_a)) == list(map(ids.__getitem__, plan.twin_b))):
         return plan.key, plan
     last = dict(zip(ids, range(len(ids))))
     idx = tuple(map(last.__getitem__, ids))
-    key = (spec, treedef, idx, inplace)
+    key = (spec, treedef, idx, inplace, share)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _Plan(spec, treedef, idx, leaves, inplace)
+        plan = _Plan(spec, treedef, idx, leaves, inplace, share)
         plan.key = key
         if len(_PLANS) >= _PLANS_MAX:
             del _PLANS[next(iter(_PLANS))]
         _PLANS[key] = plan
     if len(_LAST) >= _PLANS_MAX:
         del _LAST[next(iter(_LAST))]
-    _LAST[(spec, inplace)] = plan
+    _LAST[(spec, inplace, share)] = plan
     return key, plan
 
 
@@ -457,7 +472,8 @@ class Store:
     only while every Leaf it was given is still attached, in order; Leafs are attached
     only to a new store, so one that lost a Leaf is never updated again (only read)."""
 
-    __slots__ = ("plan", "pool", "xs", "rules", "etas", "cache", "n", "order", "g_avals", "g_sh", "__weakref__")
+    __slots__ = ("plan", "pool", "xs", "rules", "etas", "cache", "copies", "n", "order", "g_avals", "g_sh",
+                 "__weakref__")
 
     def __init__(self, plan: _Plan, n: int) -> None:
         self.plan, self.n = plan, n
@@ -467,16 +483,33 @@ class Store:
         self.rules: list = []
         self.etas: tuple = ()
         self.cache: list | None = None
+        self.copies: list | None = None
         self.g_avals: list | None = None  # the gradients' avals and placements last accepted
         self.g_sh: tuple = (None, None)  # (their sharding ids, the shardings kept alive)
 
+    def raw_state_of(self, i: int) -> Any:
+        """Leaf ``i``'s state as the program returned it: 0-d arrays shared with other
+        Leafs stay shared (the route passes them back once)."""
+        return self.plan.state_tds[i].unflatten(list(map(self.pool.__getitem__, self.plan.state_idx[i])))
+
     def state_of(self, i: int) -> Any:
+        """Leaf ``i``'s state as ``Leaf.state`` hands it out, built once per step: arrays
+        it would share with another Leaf are copies (made for all Leafs in one compiled
+        call), so that no state tree holds one buffer twice (``jax.jit`` with donation
+        refuses that)."""
         c = self.cache
         if c is None:
             c = self.cache = [None] * self.n
         st = c[i]
         if st is None:
-            st = c[i] = self.plan.state_tds[i].unflatten(list(map(self.pool.__getitem__, self.plan.state_idx[i])))
+            plan = self.plan
+            leaves = list(map(self.pool.__getitem__, plan.state_idx[i]))
+            if plan.copy_of[i]:
+                if self.copies is None:
+                    self.copies = _copies(list(map(self.pool.__getitem__, plan.dups)))
+                for q, k in plan.copy_of[i]:
+                    leaves[q] = self.copies[k]
+            st = c[i] = plan.state_tds[i].unflatten(leaves)
         return st
 
 
@@ -552,12 +585,12 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None, held: Stor
     else:
         held = None
         if states is None:
-            states = list(map(p.state_of, range(p.n)))
+            states = list(map(p.raw_state_of, range(p.n)))
         leaves, treedef = jax.tree.flatten((states, xs, gs))
-        key, plan = _plan(spec, treedef, leaves, inplace)
+        key, plan = _plan(spec, treedef, leaves, inplace, memo is not None)
         if plan.try_merge:
             if _merge(plan, leaves):
-                key, plan = _plan(spec, treedef, leaves, inplace)
+                key, plan = _plan(spec, treedef, leaves, inplace, memo is not None)
             plan.try_merge = False  # values looked at once; the shared arrays now persist
         don = list(map(leaves.__getitem__, plan.don_pos))
         keep = list(map(leaves.__getitem__, plan.keep_pos))
@@ -567,7 +600,7 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None, held: Stor
         outs = plan.fn(_eta_arrays(etas), norms, don, keep)
     except _Mismatch:
         _PLANS.pop(key, None)
-        _LAST.pop((spec, inplace), None)
+        _LAST.pop((spec, inplace, memo is not None), None)
         return NotImplemented
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError, TypeError):
         return NotImplemented  # a rule that cannot be traced: the generic path decides
@@ -575,11 +608,33 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None, held: Stor
     if memo is not None and plan.chains(len(pool)):
         store = held if held is not None else Store(plan, len(plan.state_tds))
         new_xs = list(map(pool.__getitem__, plan.x_idx))
-        store.pool, store.xs, store.rules, store.etas, store.cache = pool, new_xs, rules, etas, None
+        store.pool, store.xs, store.rules, store.etas, store.cache, store.copies = pool, new_xs, rules, etas, None, None
         memo.prev = store
         return store, new_xs
     out = list(map(pool.__getitem__, plan.out_map))
+    if memo is not None:  # a sharing plan that did not chain: its outputs become plain states
+        out = _distinct(out)
     return plan.out_treedef.unflatten(out)
+
+
+@jax.jit
+def _copies(arrays: list) -> list:
+    return [jnp.copy(a) for a in arrays]
+
+
+def _distinct(out: list) -> list:
+    """``out`` with every repeat of an array replaced by a copy (one compiled call)."""
+    seen: set = set()
+    rep = []
+    for j, a in enumerate(out):
+        if id(a) in seen:
+            rep.append(j)
+        seen.add(id(a))
+    if rep:
+        out = list(out)
+        for j, c in zip(rep, _copies([out[j] for j in rep])):
+            out[j] = c
+    return out
 
 
 def _update_jax(rules, states, xs, gs, *, inplace):

@@ -41,11 +41,17 @@ from ..optimise.tree import Leaf, _key_of, children
 _AVAL = operator.attrgetter("aval")
 _SHARDING = operator.attrgetter("sharding")
 _RULE = operator.attrgetter("rule")
-_STATE = operator.attrgetter("state")
 _FROZEN = operator.attrgetter("frozen")
 _TIE = operator.attrgetter("tie")
 _STORE = operator.attrgetter("_store")
 _AT = operator.attrgetter("_at")
+
+
+def _raw_state(leaf: Leaf) -> Any:
+    """The Leaf's state with the 0-d arrays a store shares between Leafs still shared (the
+    group step passes each once); ``leaf.state`` hands out copies of those."""
+    s = leaf._store
+    return leaf._state if s is None else s.raw_state_of(leaf._at)
 
 
 def _stop(node: Any) -> bool:
@@ -145,7 +151,10 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
         return None  # not concrete JAX arrays: nothing to gain here
     xl, xtd = jax.tree.flatten(model)
     sl, std = _flatten_state(state)
-    key = (std, xtd, gtd)
+    # the rule type is part of the key: another optimiser for a model of the same
+    # structure gets its own route (and memo), not the walker
+    first = sl[0] if sl and sl[0] is not None else next((l for l in sl if l is not None), None)
+    key = (std, xtd, gtd, type(getattr(first, "rule", None)))
     route = _ROUTES.get(key, False)
     if route is False:
         try:
@@ -190,7 +199,7 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
         rules = list(map(_RULE, leaves))
         if set(map(type, rules)) != {route.rule_type}:
             return None
-        res = step(rules, None if held is not None else list(map(_STATE, leaves)), xs, gs,
+        res = step(rules, None if held is not None else list(map(_raw_state, leaves)), xs, gs,
                    inplace=not pure, memo=memo, held=held)
     if res is NotImplemented:
         return None
