@@ -514,18 +514,13 @@ class Store:
 
 
 class Memo:
-    """What a caller keeps between ``update_`` steps of one model (the whole-step route
-    does): the last step's :class:`Store`. Cleared by ``clear`` (the route calls it when
-    the model's first Leaf is gone, so that a discarded model is freed)."""
+    """What the route hands ``step`` for an ``update_``: the :class:`Store` its Leafs are
+    attached to (``prev``, or None); ``step`` leaves the step's store there."""
 
-    __slots__ = ("prev", "owner")
+    __slots__ = ("prev",)
 
     def __init__(self) -> None:
         self.prev: Store | None = None
-        self.owner = None
-
-    def clear(self, *_: Any) -> None:
-        self.prev = None
 
 
 def _chained(s: Store, spec, inplace, xs, gs):

@@ -28,7 +28,6 @@ walker's bit for bit: the same kernel, the same commit (tests compare them).
 from __future__ import annotations
 
 import operator
-import weakref
 from itertools import repeat
 from typing import Any
 
@@ -84,7 +83,7 @@ class _Route:
     """The pairing for one (state, model, gradient) structure, and what was seen last."""
 
     __slots__ = ("s_pos", "x_pos", "g_pos", "n_state", "rule_type", "array_type", "dtype",
-                 "where", "rebind", "parents", "x_avals", "g_avals", "x_sh", "g_sh", "keep", "memo")
+                 "where", "rebind", "parents", "x_avals", "g_avals", "x_sh", "g_sh", "keep")
 
     def __init__(self, s_pos, x_pos, g_pos, n_state, rule_type, array_type, dtype, where, rebind, parents,
                  lengths):
@@ -96,7 +95,6 @@ class _Route:
         self.rebind, self.parents = rebind, parents
         self.x_avals = self.g_avals = self.x_sh = self.g_sh = None
         self.keep: list = []  # the sharding objects whose ids are remembered, kept alive
-        self.memo = Memo()  # the last step's outputs (fast_jax.step), for update_
 
     def placed(self, xs: list, gs: list) -> bool:
         """Shapes, dtypes and placements as the walker would accept them, for one group."""
@@ -152,7 +150,7 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
     xl, xtd = jax.tree.flatten(model)
     sl, std = _flatten_state(state)
     # the rule type is part of the key: another optimiser for a model of the same
-    # structure gets its own route (and memo), not the walker
+    # structure gets its own route, not the walker
     first = sl[0] if sl and sl[0] is not None else next((l for l in sl if l is not None), None)
     key = (std, xtd, gtd, type(getattr(first, "rule", None)))
     route = _ROUTES.get(key, False)
@@ -174,11 +172,15 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
     n = len(xs)
     if len(sl) - sl.count(None) != route.n_state:
         return None  # a Leaf where the route has none
-    memo = None if pure else route.memo
-    held = memo.prev if memo is not None else None
+    # the last step's store is found through the Leafs themselves (not kept by the route):
+    # several models of one structure each keep theirs, and a dropped model frees it
+    memo = None if pure else Memo()
+    held = leaves[0]._store if memo is not None and type(leaves[0]) is Leaf else None
     if held is not None and not (len(leaves) == held.n and all(map(operator.is_, map(_STORE, leaves), repeat(held)))
                                  and list(map(_AT, leaves)) == held.order):
-        held = None  # the Leafs do not all read their states, in order, from the last step's store
+        held = None  # the Leafs do not all read their states, in order, from one store
+    if memo is not None:
+        memo.prev = held
     active = None
     steady = held is not None and _steady(route, held, leaves, xs, gs)
     if steady:
@@ -203,8 +205,6 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
                    inplace=not pure, memo=memo, held=held)
     if res is NotImplemented:
         return None
-    if memo is not None and (memo.owner is None or memo.owner() is not leaves[0]):
-        memo.owner = weakref.ref(leaves[0], memo.clear)  # the model is gone: drop its arrays
     new_states, new_xs = res
     # commit (nothing above changed anything the caller holds)
     if active is None:
