@@ -298,7 +298,7 @@ def test_placement_change_is_seen(routed):
 # ------------------------------------------------------------------ steps chained by identity
 
 def test_state_replaced_between_steps_is_seen(routed):
-    """Consecutive steps reuse the last outputs by identity (fast_jax.Memo); a state or
+    """Consecutive steps reuse the last outputs by identity (fast_jax.Store); a state or
     parameter changed in between must be read again."""
     rng, ma, mb, sa, sb = _two_runs(ft.Adam(0.1))
     for t in range(5):
@@ -393,7 +393,7 @@ def test_reordered_leaves_are_read_by_position(routed):
 
 
 def test_two_models_of_one_structure_alternate(routed):
-    """Two models share a route (and its memo); each keeps reading its own store."""
+    """Two models share a route; each keeps its own store, updated in place."""
     rng, ma, mb, sa, sb = _two_runs(ft.Momentum(0.05), n=3)
     _, mc, md, sc, sd = _two_runs(ft.Momentum(0.05), n=3, seed=5)
     kept = []

@@ -513,16 +513,6 @@ class Store:
         return st
 
 
-class Memo:
-    """What the route hands ``step`` for an ``update_``: the :class:`Store` its Leafs are
-    attached to (``prev``, or None); ``step`` leaves the step's store there."""
-
-    __slots__ = ("prev",)
-
-    def __init__(self) -> None:
-        self.prev: Store | None = None
-
-
 def _chained(s: Store, spec, inplace, xs, gs):
     """``pool + gradients``, where the next step finds its inputs, when the model holds
     exactly the last step's parameters and the gradients are distinct new arrays (the
@@ -544,11 +534,11 @@ def _fresh(s: Store, gs):
     return None
 
 
-def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None, held: Store | None = None,
+def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | None = None,
          steady: bool = False):
     """``(new_states, new_xs)`` for one group, or ``NotImplemented`` (see ``_update_jax``).
 
-    With a ``memo`` (``update_`` of the route), when the plan chains, ``new_states`` is the
+    With ``store`` (``update_`` of the route), when the plan chains, ``new_states`` is the
     :class:`Store` holding them (``held``, updated in place, when the caller found its
     Leafs attached to it: then ``states`` may be None). ``steady``: the caller has also
     found the rule objects and parameters to be the store's and the gradients to be
@@ -556,7 +546,7 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None, held: Stor
     if not steady and (not xs or isinstance(xs[0], _Tracer)
                        or any(issubclass(t, _Tracer) for t in set(map(type, gs)))):
         return NotImplemented  # inside the user's own jit: the generic path is compiled anyway
-    p = memo.prev if memo is not None else None
+    p = held
     if steady or (p is not None and len(rules) == len(p.rules) and all(map(operator.is_, rules, p.rules))):
         spec, etas = p.plan.spec, p.etas  # the same rule objects as last step
     else:
@@ -582,32 +572,29 @@ def step(rules, states, xs, gs, *, inplace, memo: Memo | None = None, held: Stor
         if states is None:
             states = list(map(p.raw_state_of, range(p.n)))
         leaves, treedef = jax.tree.flatten((states, xs, gs))
-        key, plan = _plan(spec, treedef, leaves, inplace, memo is not None)
+        key, plan = _plan(spec, treedef, leaves, inplace, store)
         if plan.try_merge:
             if _merge(plan, leaves):
-                key, plan = _plan(spec, treedef, leaves, inplace, memo is not None)
+                key, plan = _plan(spec, treedef, leaves, inplace, store)
             plan.try_merge = False  # values looked at once; the shared arrays now persist
         don = list(map(leaves.__getitem__, plan.don_pos))
         keep = list(map(leaves.__getitem__, plan.keep_pos))
-    if memo is not None:
-        memo.prev = None  # the donated arrays die now; only a completed step is remembered
     try:
         outs = plan.fn(_eta_arrays(etas), norms, don, keep)
     except _Mismatch:
         _PLANS.pop(key, None)
-        _LAST.pop((spec, inplace, memo is not None), None)
+        _LAST.pop((spec, inplace, store), None)
         return NotImplemented
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError, TypeError):
         return NotImplemented  # a rule that cannot be traced: the generic path decides
     pool = outs + keep if plan.reads_keep else outs
-    if memo is not None and plan.chains(len(pool)):
-        store = held if held is not None else Store(plan, len(plan.state_tds))
+    if store and plan.chains(len(pool)):
+        st = held if held is not None else Store(plan, len(plan.state_tds))
         new_xs = list(map(pool.__getitem__, plan.x_idx))
-        store.pool, store.xs, store.rules, store.etas, store.cache, store.copies = pool, new_xs, rules, etas, None, None
-        memo.prev = store
-        return store, new_xs
+        st.pool, st.xs, st.rules, st.etas, st.cache, st.copies = pool, new_xs, rules, etas, None, None
+        return st, new_xs
     out = list(map(pool.__getitem__, plan.out_map))
-    if memo is not None:  # a sharing plan that did not chain: its outputs become plain states
+    if store:  # a sharing plan that did not chain: its outputs become plain states
         out = _distinct(out)
     return plan.out_treedef.unflatten(out)
 

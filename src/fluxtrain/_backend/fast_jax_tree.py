@@ -34,7 +34,7 @@ from typing import Any
 import jax
 
 from . import fast
-from .fast_jax import Memo, Store, _Tracer, step
+from .fast_jax import Store, _Tracer, step
 from ..optimise.tree import Leaf, _key_of, children
 
 _AVAL = operator.attrgetter("aval")
@@ -174,17 +174,15 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
         return None  # a Leaf where the route has none
     # the last step's store is found through the Leafs themselves (not kept by the route):
     # several models of one structure each keep theirs, and a dropped model frees it
-    memo = None if pure else Memo()
-    held = leaves[0]._store if memo is not None and type(leaves[0]) is Leaf else None
+    store = not pure  # update_: the states stay in a Store
+    held = leaves[0]._store if store and type(leaves[0]) is Leaf else None
     if held is not None and not (len(leaves) == held.n and all(map(operator.is_, map(_STORE, leaves), repeat(held)))
                                  and list(map(_AT, leaves)) == held.order):
         held = None  # the Leafs do not all read their states, in order, from one store
-    if memo is not None:
-        memo.prev = held
     active = None
     steady = held is not None and _steady(route, held, leaves, xs, gs)
     if steady:
-        res = step(held.rules, None, xs, gs, inplace=True, memo=memo, held=held, steady=True)
+        res = step(held.rules, None, xs, gs, inplace=True, store=True, held=held, steady=True)
     else:
         if set(map(type, leaves)) != {Leaf} or any(map(_TIE, leaves)):
             return None
@@ -197,12 +195,12 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
             if not active:
                 return None
             leaves, xs, gs = [leaves[i] for i in active], [xs[i] for i in active], [gs[i] for i in active]
-            memo = held = None
+            store, held = False, None
         rules = list(map(_RULE, leaves))
         if set(map(type, rules)) != {route.rule_type}:
             return None
         res = step(rules, None if held is not None else list(map(_raw_state, leaves)), xs, gs,
-                   inplace=not pure, memo=memo, held=held)
+                   inplace=not pure, store=store, held=held)
     if res is NotImplemented:
         return None
     new_states, new_xs = res
