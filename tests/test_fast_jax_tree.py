@@ -537,3 +537,40 @@ def test_another_rule_on_the_same_structure_takes_its_own_route(routed):
     _same(ma, mb)
     _same(mc, md)
     assert len(routed) == 4
+
+
+def _zero_d(store):
+    return [a for a in store.pool if a.ndim == 0]
+
+
+def test_store_donates_its_0d_state_and_hands_out_copies(routed):
+    """A store passes its 0-d state (Adam's beta^t, shared by the Leafs) back donated, so
+    the program writes it in place (on a GPU a new buffer each step would make XLA update
+    every kernel's recorded launch); what Leaf.state handed out are copies, which survive
+    the next step."""
+    rng, ma, mb, sa, sb = _two_runs(ft.Adam(0.01), n=4)
+    _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(4)])
+    store = sa[0]._store
+    zd = _zero_d(store)
+    assert len(zd) == 2  # one beta^t pair for the four Leafs
+    read = [l.state for l in sa]
+    _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(4)])
+    assert sa[0]._store is store and all(a.is_deleted() for a in zd)
+    assert not any(a.is_deleted() for st in read for a in st[2])
+    _same(_leaf_states(sa), _leaf_states(sb))
+    _same(ma, mb)
+
+
+def test_leaves_taken_from_a_store_leave_the_others_readable(routed):
+    """Some Leafs of a store stepped in a new state tree: the 0-d state they still share
+    with the Leafs left behind is copied before it is donated."""
+    rng, ma, mb, sa, sb = _two_runs(ft.Adam(0.01), n=3)
+    for _ in range(2):
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(3)])
+    left, before = sa[2], jax.tree.map(np.asarray, sb[2].state)  # (left's own, unread)
+    sub_a, sub_ma, sub_b, sub_mb = sa[:2], ma[:2], sb[:2], mb[:2]
+    _step_both(sub_a, sub_ma, sub_b, sub_mb, [_arr(rng, 3) for _ in range(2)])
+    assert sub_a[0]._store is not left._store
+    _same(jax.tree.map(np.asarray, left.state), before)
+    _same(_leaf_states(sub_a), _leaf_states(sub_b))
+    assert len(routed) == 3

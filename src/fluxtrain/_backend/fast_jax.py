@@ -19,8 +19,9 @@ state entries such as Adam's ``beta^t`` are shared: Leafs with equal rules and e
 state get the same 0-d arrays, which the program reads once and returns once. That is
 exact only for rules whose 0-d state depends on nothing but itself and the
 hyper-parameters; rules declare it with ``Rule._scalar_state_independent`` (checked for
-every rule by the tests). Shared 0-d arrays are never donated (a Leaf outside this step
-may hold them).
+every rule by the tests). Shared 0-d arrays are donated only by the plans of a
+:class:`Store` (``update_``'s route), which owns them: elsewhere a Leaf outside this step
+may hold them.
 
 Not used (generic path instead) when the arrays are tracers (a ``jax.jit`` of the user's
 own, which compiles the generic path anyway), when a rule is not hashable (e.g. a traced
@@ -246,10 +247,17 @@ class _Plan:
         rep_pos = list(slot_of_rep)
         self.zero_d = tuple(np.ndim(leaves[p]) == 0 for p in rep_pos)
         # donate a buffer only if it is read exactly once, as a state or parameter (never
-        # as a gradient), and is not 0-d (shared 0-d state may be held by other Leafs)
-        don = [inplace and count[s] == 1 and rep_pos[s] < n_state + k and not self.zero_d[s]
-               and isinstance(leaves[rep_pos[s]], jax.Array) for s in range(nslots)]
+        # as a gradient), and is not 0-d (shared 0-d state may be held by other Leafs);
+        # a store's plan donates its 0-d state too (read only as state: ``rep_pos`` is a
+        # slot's last position), since the store owns what it passes back (Store.state_of
+        # hands out copies) and a step not chained from it passes copies (``zd``). Else
+        # those outputs would get new buffers every step, which on a GPU makes XLA update
+        # the recorded command buffer of every kernel reading them (~10 us per array).
+        don = [inplace and isinstance(leaves[rep_pos[s]], jax.Array)
+               and ((count[s] == 1 and rep_pos[s] < n_state + k and not self.zero_d[s])
+                    or (share and self.zero_d[s] and rep_pos[s] < n_state)) for s in range(nslots)]
         self.don_slots = tuple(s for s in range(nslots) if don[s])
+        self.zd = tuple(j for j, s in enumerate(self.don_slots) if self.zero_d[s])
         self.keep_slots = tuple(s for s in range(nslots) if not don[s])
         self.don_pos = tuple(rep_pos[s] for s in self.don_slots)
         self.keep_pos = tuple(rep_pos[s] for s in self.keep_slots)
@@ -290,13 +298,15 @@ class _Plan:
                 b = self.bounds
                 self.state_idx = tuple(self.out_map[b[i]:b[i + 1]] for i in range(len(self.state_tds)))
                 self.x_idx = self.out_map[b[-1]:n]
-                # the outputs a Leaf's state shares with an earlier Leaf (or a parameter):
-                # per Leaf, (position in its state, index in Store.copies)
+                # the outputs a Leaf's state shares with an earlier Leaf (or a parameter),
+                # and the 0-d ones the next step donates: per Leaf, (position in its
+                # state, index in Store.copies)
                 seen, dups, self.copy_of = set(self.x_idx), [], []
+                zd = {self.chain_don[j] for j in self.zd}
                 for idx in self.state_idx:
                     mine = []
                     for q, r in enumerate(idx):
-                        if r in seen:
+                        if r in seen or r in zd:
                             mine.append((q, len(dups)))
                             dups.append(r)
                         seen.add(r)
@@ -496,7 +506,8 @@ class Store:
         """Leaf ``i``'s state as ``Leaf.state`` hands it out, built once per step: arrays
         it would share with another Leaf are copies (made for all Leafs in one compiled
         call), so that no state tree holds one buffer twice (``jax.jit`` with donation
-        refuses that)."""
+        refuses that); so are the 0-d arrays the next step donates, which the store
+        owns."""
         c = self.cache
         if c is None:
             c = self.cache = [None] * self.n
@@ -579,6 +590,9 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
             plan.try_merge = False  # values looked at once; the shared arrays now persist
         don = list(map(leaves.__getitem__, plan.don_pos))
         keep = list(map(leaves.__getitem__, plan.keep_pos))
+        if plan.zd:  # 0-d state a store's plan donates, perhaps held by Leafs outside this step
+            for j, c in zip(plan.zd, _copies([don[j] for j in plan.zd])):
+                don[j] = c
     try:
         outs = plan.fn(_eta_arrays(etas), norms, don, keep)
     except _Mismatch:
