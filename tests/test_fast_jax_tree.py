@@ -574,3 +574,27 @@ def test_leaves_taken_from_a_store_leave_the_others_readable(routed):
     _same(jax.tree.map(np.asarray, left.state), before)
     _same(_leaf_states(sub_a), _leaf_states(sub_b))
     assert len(routed) == 3
+
+
+@pytest.mark.parametrize("change", ["eta", "beta"])
+def test_schedule_adjusting_eta_keeps_the_store(change, routed, monkeypatch):
+    """adjust_(state, eta) before every step (a schedule) makes new rule objects; the steps
+    stay steady and the store goes on in place (learning rates are the program's
+    arguments). Any other change of hyper-parameter starts a new store. Either way the
+    walker's numbers."""
+    steady = []
+    real = FT._steady
+    monkeypatch.setattr(FT, "_steady", lambda *a: steady.append(real(*a)) or steady[-1])
+    rng, ma, mb, sa, sb = _two_runs(ft.Adam(0.01), n=3)
+    stores = []
+    for t, eta in enumerate((0.01, 0.02, 0.005, 0.001)):
+        kw = {"eta": eta} if change == "eta" else {"beta": (0.9, 0.99 - 0.01 * t)}
+        ft.adjust_(sa, **kw)
+        ft.adjust_(sb, **kw)
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(3)])
+        stores.append(sa[0]._store)
+        _same(_leaf_states(sa), _leaf_states(sb))
+    _same(ma, mb)
+    assert len(routed) == 4
+    assert (len(set(map(id, stores))) == 1) == (change == "eta")
+    assert steady == [change == "eta"] * 3  # (the first step makes the store)

@@ -34,7 +34,7 @@ from typing import Any
 import jax
 
 from . import fast
-from .fast_jax import Store, _Tracer, step
+from .fast_jax import Store, _Tracer, _spec, step
 from ..optimise.tree import Leaf, _key_of, children
 
 _AVAL = operator.attrgetter("aval")
@@ -128,13 +128,26 @@ def _one_device() -> bool:
 
 def _steady(route: _Route, held: Store, leaves: list, xs: list, gs: list) -> bool:
     """Does this step continue the last one exactly: its Leafs (attached to ``held``, in
-    order) unfrozen and with the same rule objects, the model holding the store's
-    parameters, and gradients of the avals and placements seen before? Then everything
-    else was checked when the store was made (its parameters are the program's outputs)."""
-    return (all(map(operator.is_, map(_RULE, leaves), held.rules)) and not any(map(_FROZEN, leaves))
-            and len(xs) == len(held.xs) and all(map(operator.is_, xs, held.xs))
+    order) unfrozen and with the same rules, the model holding the store's parameters,
+    and gradients of the avals and placements seen before? Then everything else was
+    checked when the store was made (its parameters are the program's outputs)."""
+    if not (not any(map(_FROZEN, leaves)) and len(xs) == len(held.xs) and all(map(operator.is_, xs, held.xs))
             and set(map(type, gs)) == {route.array_type} and list(map(_AVAL, gs)) == held.g_avals
-            and (_one_device() or list(map(id, map(_SHARDING, gs))) == held.g_sh[0]))
+            and (_one_device() or list(map(id, map(_SHARDING, gs))) == held.g_sh[0])):
+        return False
+    rules = list(map(_RULE, leaves))
+    if all(map(operator.is_, rules, held.rules)):
+        return True
+    # new rule objects: a schedule's adjust_(state, eta) between steps. The same program
+    # serves them if only learning rates changed (they are its arguments)
+    try:
+        spec, etas = _spec(rules)
+    except TypeError:  # unhashable hyper-parameters: the fuller path decides
+        return False
+    if spec is not held.plan.spec and spec != held.plan.spec:
+        return False
+    held.rules, held.etas = rules, etas  # (what the step runs with)
+    return True
 
 
 _ROUTES: dict[tuple, _Route | None] = {}
