@@ -1,6 +1,8 @@
 """The Scheduler rule and the epoch loop with adjust_."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -29,7 +31,8 @@ def test_descent_steps_match_a_hand_loop_with_changing_eta(eager_backend):
     assert int(state.state.t) == 6
 
 
-def test_adam_momenta_are_kept_across_steps(eager_backend):
+@pytest.mark.parametrize("fast_paths", [True, False])
+def test_adam_momenta_are_kept_across_steps(eager_backend, fast_paths):
     b = eager_backend
     eta = CosAnneal(l0=1e-3, l1=1e-1, period=4)
     grads = [[0.3, -1.0], [0.1, 0.4], [-0.7, 0.2], [0.5, 0.5], [1.0, -0.1], [0.0, 0.3]]
@@ -40,11 +43,11 @@ def test_adam_momenta_are_kept_across_steps(eager_backend):
     plain = setup(Adam(eta(1)), y)
     for t, g in enumerate(grads, start=1):
         adjust_(plain, eta(t))
-        # Scheduler leaves take the generic path; compare like with like (fast paths are
-        # checked against the generic path in their own tests, at their own tolerance).
-        with fast.disabled():
+        # a Scheduler's arrays go to the wrapped rule's kernel, as plain Adam's do: like
+        # with like, both with the fast paths on, or both without
+        with contextlib.nullcontext() if fast_paths else fast.disabled():
             plain, y = update_(plain, y, b.asarray(g, "float32"))
-        sched, x = update_(sched, x, b.asarray(g, "float32"))
+            sched, x = update_(sched, x, b.asarray(g, "float32"))
         np.testing.assert_array_equal(b.to_numpy(x), b.to_numpy(y))
         assert str(b.to_numpy(x).dtype) == "float32"
     m, v = sched.state.inner[0], sched.state.inner[1]

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import fast
+from . import fast, fast_scheduler
 from ..optimise.base import Masked, Replace
 
 _Tracer = jax.core.Tracer
@@ -645,6 +645,14 @@ def _register() -> None:
     from ..optimise import RULES
     for cls in RULES.values():
         fast.register(("update_", cls), "jax")(_update_jax)
+    fast_scheduler.register("jax")
+
+
+@fast.register("scheduler_next", "jax")
+@jax.jit
+def _scheduler_next(ts: list) -> list:
+    """``t + 1`` for each of a Scheduler group's counters, in one compiled call."""
+    return [t + 1 for t in ts]
 
 
 _register()

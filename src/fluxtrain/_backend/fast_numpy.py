@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from . import fast
+from . import fast, fast_scheduler
 
 _KERNELS: dict[str, Callable] | None | bool = None  # None: not tried; False: numba missing
 
@@ -519,6 +519,7 @@ def _register() -> None:
     from ..optimise import Adam, AdamW, Lion, Momentum, OptimiserChain
     for cls in (Adam, AdamW, Momentum, Lion, OptimiserChain):
         fast.register(("update_", cls), "numpy")(_update_numpy)
+    fast_scheduler.register("numpy")
 
 
 _register()

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import fast, fast_numpy
+from . import fast, fast_numpy, fast_scheduler
 from ..optimise.base import Replace, caster
 
 _STEP_CACHE: dict[Any, torch.Tensor] = {}
@@ -429,6 +429,13 @@ def _register() -> None:
     from ..optimise import Adam, AdamW, Lion, Momentum, OptimiserChain
     for cls in (Adam, AdamW, Momentum, Lion, OptimiserChain):
         fast.register(("update_", cls), "torch")(_update_torch)
+    fast_scheduler.register("torch")
+
+
+@fast.register("scheduler_next", "torch")
+def _scheduler_next(ts: list) -> list:
+    """``t + 1`` for each of a Scheduler group's counters, in one launch."""
+    return list(torch._foreach_add(ts, 1))
 
 
 _register()
