@@ -11,7 +11,7 @@ medians; the output is Markdown (``BENCHMARKS.md`` at the repository root by def
     # BENCHMARKS.md as committed: three runs of a few minutes each
     python bench/run.py --groups optim --rules Adam --reps 7          # Adam and AdamW
     python bench/run.py --groups optim --rules Momentum,Lion,Chain --reps 7 --append
-    python bench/run.py --groups losses,train --append
+    python bench/run.py --groups schedule,losses,train --append
 
 Most of the time at 1,000 arrays is JAX compilation (warm-up, not timed).
 
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, md_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ("optim", "losses", "train")
+GROUPS = ("optim", "schedule", "losses", "train")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     if "optim" in groups:
         import optim
         parts.append(optim.run(n, splits, reps, rules, libs, a.generic))
+    if "schedule" in groups:
+        import schedule
+        parts.append(schedule.run(n, splits, reps, libs))
     if "losses" in groups:
         import losses
         shapes = [(4096, 1000), (4096, 1)] if not a.quick else [(1024, 1000), (1024, 1)]
