@@ -648,11 +648,17 @@ def _register() -> None:
     fast_scheduler.register("jax")
 
 
-@fast.register("scheduler_next", "jax")
 @jax.jit
-def _scheduler_next(ts: list) -> list:
-    """``t + 1`` for each of a Scheduler group's counters, in one compiled call."""
-    return [t + 1 for t in ts]
+def _counters_and_next(ts: list):
+    return jnp.stack(ts), [t + 1 for t in ts]
+
+
+@fast.register("scheduler_counters", "jax")
+def _scheduler_counters(ts: list) -> tuple[list[int], list]:
+    """A Scheduler group's counters, read in one transfer, and ``t + 1`` for each: one
+    compiled call for both."""
+    now, nxt = _counters_and_next(ts)
+    return np.asarray(now).tolist(), nxt
 
 
 _register()

@@ -7,8 +7,9 @@ Adam step took 30 times as long as Adam's. Here a group's counters are read in o
 transfer, each distinct ``(rule, t)`` builds its rule once, exactly as ``apply`` builds it
 (``rule_at``: the schedule evaluated on the host, in Python floats), and the arrays go to
 the wrapped rule's group kernel (:func:`fluxtrain.optimise.interface.apply_group`), so a
-scheduled Adam costs about an Adam step. The new counters are made in one call where the
-backend has one (``"scheduler_next"`` in the fast registry).
+scheduled Adam costs about an Adam step. Where the backend has one
+(``"scheduler_counters"`` in the fast registry), a single call reads the counters and makes
+the new ones.
 
 Each backend module registers :func:`update` for ``Scheduler`` (JAX: for the walker only;
 the whole-step route traces rules, and would evaluate schedules on the device).
@@ -17,22 +18,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import fast, is_eager, is_numpy, namespace, to_numpy
+from . import fast, is_eager, namespace
 
 
-def _steps(ts: list, xp) -> list[int]:
-    """The counters as Python ints, read in one transfer."""
-    if is_numpy(xp):
-        return [int(t) for t in ts]
-    return [int(v) for v in to_numpy(xp.stack(ts)).tolist()]
-
-
-def _next(ts: list, xp) -> list:
-    """``t + 1`` for each counter, as ``Scheduler.apply`` makes it (a 0-d array each)."""
-    many = fast.lookup("scheduler_next", xp)
-    if many is not None:
-        return many(ts)
-    return [xp.asarray(t + 1) for t in ts]
+def _counters(ts: list, xp) -> tuple[list[int], list]:
+    """The counters as Python ints, and ``t + 1`` for each as ``Scheduler.apply`` makes it
+    (a 0-d array each): in one call where the backend has one."""
+    both = fast.lookup("scheduler_counters", xp)
+    if both is not None:
+        return both(ts)
+    return [int(t) for t in ts], [xp.asarray(t + 1) for t in ts]
 
 
 def update(rules: list, states: list, xs: list, gs: list, *, inplace: bool):
@@ -43,14 +38,14 @@ def update(rules: list, states: list, xs: list, gs: list, *, inplace: bool):
     if not all(is_eager(t) for t in {type(t): t for t in ts}.values()):
         return NotImplemented  # traced counters: Scheduler.apply traces the schedule
     xp = namespace(xs[0])
+    steps, nxt = _counters(ts, xp)
     at: dict[tuple, list[int]] = {}
-    for i, (r, t) in enumerate(zip(rules, _steps(ts, xp))):
+    for i, (r, t) in enumerate(zip(rules, steps)):
         at.setdefault((id(r), t), []).append(i)
     # every rule first: a constructor refusing a scheduled value raises before any write
     built = [(rules[idx[0]].rule_at(t), idx) for (_, t), idx in at.items()]
     if inplace and len(built) > 1 and _may_raise([r for r, _ in built]):
         inplace = False  # a later part's DomainError must not follow an earlier part's write
-    nxt = _next(ts, xp)
     out: list[Any] = [None] * len(xs)
     for rule, idx in built:
         res = apply_group(type(rule), [rule] * len(idx), [states[i].inner for i in idx],

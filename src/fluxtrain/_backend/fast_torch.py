@@ -432,10 +432,11 @@ def _register() -> None:
     fast_scheduler.register("torch")
 
 
-@fast.register("scheduler_next", "torch")
-def _scheduler_next(ts: list) -> list:
-    """``t + 1`` for each of a Scheduler group's counters, in one launch."""
-    return list(torch._foreach_add(ts, 1))
+@fast.register("scheduler_counters", "torch")
+def _scheduler_counters(ts: list) -> tuple[list[int], list]:
+    """A Scheduler group's counters, read in one transfer, and ``t + 1`` for each, in one
+    launch."""
+    return torch.stack(ts).tolist(), list(torch._foreach_add(ts, 1))
 
 
 _register()
