@@ -7,7 +7,8 @@ Adam step took 30 times as long as Adam's. Here a group's counters are read in o
 transfer, each distinct ``(rule, t)`` builds its rule once, exactly as ``apply`` builds it
 (``rule_at``: the schedule evaluated on the host, in Python floats), and the arrays go to
 the wrapped rule's group kernel (:func:`fluxtrain.optimise.interface.apply_group`), so a
-scheduled Adam costs about an Adam step. Where the backend has one
+scheduled Adam step costs an Adam step plus a little per array (a counter and a state
+each; docs/performance.md has the numbers). Where the backend has one
 (``"scheduler_counters"`` in the fast registry), a single call reads the counters and makes
 the new ones.
 
