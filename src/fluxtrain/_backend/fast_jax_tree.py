@@ -135,9 +135,9 @@ def _steady(route: _Route, held: Store, leaves: list, xs: list, gs: list) -> boo
             and set(map(type, gs)) == {route.array_type} and list(map(_AVAL, gs)) == held.g_avals
             and (_one_device() or list(map(id, map(_SHARDING, gs))) == held.g_sh[0])):
         return False
-    rules = list(map(_RULE, leaves))
-    if all(map(operator.is_, rules, held.rules)):
+    if all(map(operator.is_, map(_RULE, leaves), held.rules)):
         return True
+    rules = list(map(_RULE, leaves))
     # new rule objects: a schedule's adjust_(state, eta) between steps. The same program
     # serves them if only learning rates changed (they are its arguments)
     try:
