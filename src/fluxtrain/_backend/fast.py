@@ -30,6 +30,10 @@ and, per group, calls::
   (``delta`` an array to subtract, ``None``, ``Masked`` or ``Replace``), or
   ``NotImplemented`` to fall back to the reference loop ``[r.apply(s, x, g) ...]``.
 
+``Scheduler`` has one kernel for every backend (:mod:`fluxtrain._backend.fast_scheduler`),
+which hands its arrays to the wrapped rule's kernel; a backend may add
+``"scheduler_counters"``: ``ts -> (list of ints, list of t + 1)`` in one call.
+
 Whole-step routes (keys ``"update_tree"`` for JAX, ``"update_module"`` for torch)
 ------------------------------------------------------------------------------
 ``update_``/``update`` first offer the whole step to ``route(state, model, grad, *,

@@ -131,9 +131,9 @@ def _steady(route: _Route, held: Store, leaves: list, xs: list, gs: list) -> boo
     order) unfrozen and with the same rules, the model holding the store's parameters,
     and gradients of the avals and placements seen before? Then everything else was
     checked when the store was made (its parameters are the program's outputs)."""
-    if not (not any(map(_FROZEN, leaves)) and len(xs) == len(held.xs) and all(map(operator.is_, xs, held.xs))
-            and set(map(type, gs)) == {route.array_type} and list(map(_AVAL, gs)) == held.g_avals
-            and (_one_device() or list(map(id, map(_SHARDING, gs))) == held.g_sh[0])):
+    if (any(map(_FROZEN, leaves)) or len(xs) != len(held.xs) or not all(map(operator.is_, xs, held.xs))
+            or set(map(type, gs)) != {route.array_type} or list(map(_AVAL, gs)) != held.g_avals
+            or not (_one_device() or list(map(id, map(_SHARDING, gs))) == held.g_sh[0])):
         return False
     if all(map(operator.is_, map(_RULE, leaves), held.rules)):
         return True
