@@ -9,6 +9,7 @@ arrays, gradients fixed), the schedule a cosine from 1e-3 to 1e-5 over 1,000 ste
 """
 from __future__ import annotations
 
+import statistics
 import sys
 from typing import Callable
 
@@ -89,7 +90,7 @@ def run(n: int, splits: list[int], reps: int, libs: list[str]) -> str:
            "interleaved); ratios against the backend's peer in the same run (NumPy: "
            "against fluxtrain's plain Adam, the cost of the schedule).\n"]
     for lib in libs:
-        rows = []
+        rows, spreads = [], []
         for k in splits:
             xs, gs = _data(n, k)
             try:
@@ -109,10 +110,11 @@ def run(n: int, splits: list[int], reps: int, libs: list[str]) -> str:
                 break
             print(f"  schedule {lib} k={k}", file=sys.stderr)
             res = interleaved(cases, reps=reps)
+            spreads += [t.spread for t in res.values()]
             for name, t in res.items():
                 rows.append([str(k), name, fmt_ms(t), "" if name == peer else fmt_ratio(t, res[peer])])
         if rows:
             out.append(f"### {lib}\n")
             out.append(md_table(["arrays", "case", "ms", "vs peer"], rows))
-            out.append("")
+            out.append(f"\nmedian spread (IQR/median) of this table: {statistics.median(spreads):.0%}\n")
     return "\n".join(out)
