@@ -485,9 +485,9 @@ class Store:
     __slots__ = ("plan", "pool", "xs", "rules", "etas", "cache", "copies", "n", "order", "g_avals", "g_sh",
                  "__weakref__")
 
-    def __init__(self, plan: _Plan, n: int) -> None:
-        self.plan, self.n = plan, n
-        self.order = list(range(n))
+    def __init__(self, plan: _Plan) -> None:
+        self.plan, self.n = plan, len(plan.state_tds)
+        self.order = list(range(self.n))
         self.pool: list = []
         self.xs: list = []
         self.rules: list = []
@@ -591,8 +591,7 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
         don = list(map(leaves.__getitem__, plan.don_pos))
         keep = list(map(leaves.__getitem__, plan.keep_pos))
         if plan.zd:  # 0-d state a store's plan donates, perhaps held by Leafs outside this step
-            for j, c in zip(plan.zd, _copies([don[j] for j in plan.zd])):
-                don[j] = c
+            don = _copy_at(don, plan.zd)
     try:
         outs = plan.fn(_eta_arrays(etas), norms, don, keep)
     except _Mismatch:
@@ -603,7 +602,7 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
         return NotImplemented  # a rule that cannot be traced: the generic path decides
     pool = outs + keep if plan.reads_keep else outs
     if store and plan.chains(len(pool)):
-        st = held if held is not None else Store(plan, len(plan.state_tds))
+        st = held if held is not None else Store(plan)
         new_xs = list(map(pool.__getitem__, plan.x_idx))
         st.pool, st.xs, st.rules, st.etas, st.cache, st.copies = pool, new_xs, rules, etas, None, None
         return st, new_xs
@@ -618,6 +617,14 @@ def _copies(arrays: list) -> list:
     return [jnp.copy(a) for a in arrays]
 
 
+def _copy_at(items: list, idx) -> list:
+    """``items`` with the entries at positions ``idx`` replaced by copies (one compiled call)."""
+    items = list(items)
+    for j, c in zip(idx, _copies([items[j] for j in idx])):
+        items[j] = c
+    return items
+
+
 def _distinct(out: list) -> list:
     """``out`` with every repeat of an array replaced by a copy (one compiled call)."""
     seen: set = set()
@@ -626,11 +633,7 @@ def _distinct(out: list) -> list:
         if id(a) in seen:
             rep.append(j)
         seen.add(id(a))
-    if rep:
-        out = list(out)
-        for j, c in zip(rep, _copies([out[j] for j in rep])):
-            out[j] = c
-    return out
+    return _copy_at(out, rep) if rep else out
 
 
 def _update_jax(rules, states, xs, gs, *, inplace):
