@@ -5,6 +5,7 @@ tree structure does not pin down (shapes, dtypes, frozen or replaced Leafs, trac
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -341,19 +342,49 @@ def test_memo_does_not_keep_a_dropped_model_alive(routed):
     assert all(r() is None for r in refs)
 
 
+@dataclass(frozen=True)
+class _Halve(ft.Rule):
+    """A user's rule: no registered JAX kernel."""
+
+    eta: float = 0.5
+
+    def apply(self, state, x, g):
+        return state, self.eta * g
+
+
 def test_rules_without_a_jax_kernel_take_the_walker(routed):
-    """A Scheduler (or a user's rule) has no registered JAX kernel: traced, a ClipNorm
-    inside it could not raise. The route must leave it to the walker, which raises."""
+    """A user's rule, directly or as what a Scheduler builds, is not traced by the route
+    (it may not behave the same when traced): the walker steps it."""
+    from fluxtrain.schedules import Exp
+    for rule in (_Halve(), ft.Scheduler(_Halve, Exp(0.5, 0.5))):
+        rng, ma, mb, sa, sb = _two_runs(rule)
+        for _ in range(2):
+            _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(3)])
+        _same(ma, mb)
+        _same(_leaf_states(sa), _leaf_states(sb))
+    assert routed == []
+
+
+def test_scheduler_clipnorm_throw_raises_before_anything_changes(routed):
+    """A ClipNorm(throw=true) inside a Scheduler sees the raw gradient: the route's
+    pre-check finds the non-finite norm and the walker raises, before any parameter,
+    moment or step counter changes."""
     from fluxtrain.schedules import Exp
     m = [jnp.ones(3), jnp.ones(2)]
-    rule = ft.Scheduler(lambda eta: ft.OptimiserChain(ft.ClipNorm(1.0), ft.Descent(eta)), eta=Exp(0.1, 0.5))
+    rule = ft.Scheduler(lambda eta: ft.OptimiserChain(ft.ClipNorm(1.0), ft.Momentum(eta)), eta=Exp(0.1, 0.5))
     s = ft.setup(rule, m)
-    ft.update_(s, m, [jnp.ones(3), jnp.ones(2)])
+    for _ in range(2):
+        ft.update_(s, m, [jnp.ones(3), jnp.ones(2)])
+    assert len(routed) == 2
     before = [np.asarray(a).copy() for a in m]
+    states = jax.tree.map(np.asarray, _leaf_states(s))
     with pytest.raises(DomainError):
         ft.update_(s, m, [jnp.ones(3), jnp.array([1.0, jnp.inf])])
     assert all((np.asarray(a) == b).all() for a, b in zip(m, before))
-    assert routed == []
+    _same(jax.tree.map(np.asarray, _leaf_states(s)), states)
+    assert [int(l.state.t) for l in s] == [3, 3] and len(routed) == 2
+    ft.update_(s, m, [jnp.ones(3), jnp.ones(2)])  # and steps on from there
+    assert [int(l.state.t) for l in s] == [4, 4] and len(routed) == 3
 
 
 # ------------------------------------------------------------ states held by the step's store
@@ -598,3 +629,92 @@ def test_schedule_adjusting_eta_keeps_the_store(change, routed, monkeypatch):
     assert len(routed) == 4
     assert (len(set(map(id, stores))) == 1) == (change == "eta")
     assert steady == [change == "eta"] * 3  # (the first step makes the store)
+
+
+# ------------------------------------------------------------ Scheduler through the route
+
+def _scheduled():
+    from fluxtrain.schedules import CosAnneal, Exp
+    return {
+        "adam-cos": ft.Scheduler(ft.Adam, eta=CosAnneal(l0=1e-2, l1=1e-4, period=3)),
+        "momentum-exp": ft.Scheduler(ft.Momentum, Exp(0.1, 0.5)),
+        "chain": ft.Scheduler(lambda eta: ft.OptimiserChain(ft.ClipNorm(1.0), ft.WeightDecay(0.1), ft.Adam(eta)),
+                              Exp(0.01, 0.5)),
+        "beta": ft.Scheduler(ft.Adam, beta=lambda t: (0.9, 0.99 - 0.001 * t)),  # not a learning rate
+    }
+
+
+@pytest.mark.parametrize("which", list(_scheduled()))
+@pytest.mark.parametrize("name", ["flat", "nested", "tuples"])
+@pytest.mark.parametrize("pure", [False, True])
+def test_scheduler_route_equals_walker(which, name, pure, routed):
+    """A Scheduler takes the route as its rule of each step, built on the host: the
+    walker's numbers and counters, bit for bit, dtype and weak type included."""
+    rule = _scheduled()[which]
+    make = _models()[name]
+    ma, mb = make(np.random.default_rng(0)), make(np.random.default_rng(0))
+    sa, sb = ft.setup(rule, ma), ft.setup(rule, mb)
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        g = _grads(ma, rng)
+        gb = jax.tree.map(lambda a: a + 0, g)
+        sa, ma = (ft.update if pure else ft.update_)(sa, ma, g)
+        with _walker_only():
+            sb, mb = (ft.update if pure else ft.update_)(sb, mb, gb)
+        _same(_leaf_states(sa), _leaf_states(sb))
+    _same(ma, mb)
+    for la, lb in zip(jax.tree.leaves(_leaf_states(sa)), jax.tree.leaves(_leaf_states(sb))):
+        assert la.weak_type == lb.weak_type
+    assert all(int(l.state.t) == 5 for l in jax.tree.leaves(sa, is_leaf=lambda x: isinstance(x, ft.Leaf)))
+    assert len(routed) == 4
+
+
+def test_scheduled_steady_steps_read_no_counter(routed, monkeypatch):
+    """The store keeps a Scheduler group's counters on the host as well: only the step
+    that makes the store reads them from the device, and later steps are steady."""
+    fj = pytest.importorskip("fluxtrain._backend.fast_jax")
+    reads, steady = [], []
+    real_read, real_steady = fj._steps_of, FT._steady
+    monkeypatch.setattr(fj, "_steps_of", lambda st: reads.append(1) or real_read(st))
+    monkeypatch.setattr(FT, "_steady", lambda *a: steady.append(real_steady(*a)) or steady[-1])
+    rng, ma, mb, sa, sb = _two_runs(_scheduled()["adam-cos"], n=4)
+    stores = []
+    for _ in range(5):
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(4)])
+        stores.append(sa[0]._store)
+    assert len(reads) == 1 and steady == [True] * 4
+    assert stores[0] is not None and all(st is stores[0] for st in stores)
+    assert stores[0].steps == [6] * 4
+    _same(_leaf_states(sa), _leaf_states(sb))
+    _same(ma, mb)
+
+
+def test_scheduled_leaves_at_different_steps(routed):
+    """A Leaf reset to a fresh state (its counter back at 1) leaves its store; the next
+    step reads every counter and builds one rule per distinct step, as the walker does."""
+    rule = _scheduled()["adam-cos"]
+    rng, ma, mb, sa, sb = _two_runs(rule, n=3)
+    for _ in range(2):
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(3)])
+    sa[1].state = rule.init(ma[1])
+    sb[1].state = rule.init(mb[1])
+    for _ in range(3):
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(3)])
+    assert [int(l.state.t) for l in sa] == [6, 4, 6]
+    _same(_leaf_states(sa), _leaf_states(sb))
+    _same(ma, mb)
+    assert len(routed) == 5
+
+
+def test_scheduled_value_refused_changes_nothing(routed):
+    """A schedule whose value the rule refuses (here a negative learning rate at step 3)
+    raises the walker's DomainError; nothing is written and the counters stay."""
+    rule = ft.Scheduler(ft.Descent, lambda t: 0.25 - 0.1 * t)
+    rng, ma, mb, sa, sb = _two_runs(rule, n=2)
+    for _ in range(2):
+        _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(2)])
+    before = [np.asarray(a).copy() for a in ma]
+    with pytest.raises(DomainError, match="learning rate"):
+        ft.update_(sa, ma, [_arr(rng, 3) for _ in range(2)])
+    assert all((np.asarray(a) == b).all() for a, b in zip(ma, before))
+    assert [int(l.state.t) for l in sa] == [3, 3] and len(routed) == 2

@@ -41,6 +41,7 @@ import numpy as np
 
 from . import fast, fast_scheduler
 from ..optimise.base import Masked, Replace
+from ..schedules.scheduler import Scheduler, SchedulerState
 
 _Tracer = jax.core.Tracer
 
@@ -108,9 +109,10 @@ def _throw_check(rule):
     subs = rule.subrules()
     if not subs:
         return None
-    # a chain's first rule sees the raw gradient; a wrapper (MixedPrecision) hands its rule
-    # a converted one, and later chain members see intermediate values
-    first = _throw_check(subs[0]) if isinstance(rule, OptimiserChain) else False
+    # a chain's first rule sees the raw gradient, as does a Scheduler's rule (AtStep); a
+    # wrapper such as MixedPrecision hands its rule a converted one, and later chain
+    # members see intermediate values
+    first = _throw_check(subs[0]) if isinstance(rule, (OptimiserChain, fast_scheduler.AtStep)) else False
     if first is False and all(_throw_check(r) is None for r in subs):
         return None
     if first is False or any(_throw_check(r) is not None for r in subs[1:]):
@@ -136,6 +138,8 @@ def _with_norm(rule, nrm):
     r = copy.copy(rule)
     if isinstance(rule, ClipNorm):
         object.__setattr__(r, "norm", lambda g: nrm)
+    elif isinstance(rule, fast_scheduler.AtStep):
+        object.__setattr__(r, "rule", _with_norm(rule.rule, nrm))
     else:  # a chain whose first rule sees the raw gradient
         object.__setattr__(r, "opts", (_with_norm(rule.opts[0], nrm),) + tuple(rule.opts[1:]))
     return r
@@ -192,13 +196,19 @@ def _spec(rules: list) -> tuple[_Spec, tuple]:
                 uniq.append(r)
             ids[id(r)] = j
         which.append(j)
-    etas: list = []
-    skeletons = tuple(_split(r, etas) for r in uniq)
-    spec = _Spec(skeletons, tuple(which))
+    spec, etas = _spec_of(uniq, tuple(which))
     if len(_SPECS) >= _SPECS_MAX:
         del _SPECS[next(iter(_SPECS))]
-    _SPECS[key] = (list(rules), spec, tuple(etas))
-    return spec, tuple(etas)
+    _SPECS[key] = (list(rules), spec, etas)
+    return spec, etas
+
+
+def _spec_of(uniq: list, which: tuple) -> tuple[_Spec, tuple]:
+    """The spec of distinct rules ``uniq`` used by the arrays as ``which`` says, and the
+    learning rates, the program's arguments."""
+    etas: list = []
+    skeletons = tuple(_split(r, etas) for r in uniq)
+    return _Spec(skeletons, which), tuple(etas)
 
 
 # ------------------------------------------------------------------------------ plans
@@ -482,8 +492,8 @@ class Store:
     only while every Leaf it was given is still attached, in order; Leafs are attached
     only to a new store, so one that lost a Leaf is never updated again (only read)."""
 
-    __slots__ = ("plan", "pool", "xs", "rules", "etas", "cache", "copies", "n", "order", "g_avals", "g_sh",
-                 "__weakref__")
+    __slots__ = ("plan", "pool", "xs", "rules", "etas", "steps", "cache", "copies", "n", "order", "g_avals",
+                 "g_sh", "__weakref__")
 
     def __init__(self, plan: _Plan) -> None:
         self.plan, self.n = plan, len(plan.state_tds)
@@ -492,6 +502,7 @@ class Store:
         self.xs: list = []
         self.rules: list = []
         self.etas: tuple = ()
+        self.steps: list | None = None  # a Scheduler group's counters, as Python ints
         self.cache: list | None = None
         self.copies: list | None = None
         self.g_avals: list | None = None  # the gradients' avals and placements last accepted
@@ -558,7 +569,27 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
                        or any(issubclass(t, _Tracer) for t in set(map(type, gs)))):
         return NotImplemented  # inside the user's own jit: the generic path is compiled anyway
     p = held
-    if steady or (p is not None and len(rules) == len(p.rules) and all(map(operator.is_, rules, p.rules))):
+    given, steps = rules, None
+    if isinstance(rules[0], Scheduler):  # (the route's groups are of one rule type)
+        # each Scheduler becomes its rule of this step, built on the host from the counters
+        # the store keeps (else read in one transfer); its learning rate is an argument
+        steps = p.steps if p is not None and p.steps is not None else _steps_of(
+            states if states is not None else list(map(p.raw_state_of, range(p.n))))
+        if steps is None:
+            return NotImplemented
+        try:
+            uniq, which = fast_scheduler.at_steps(rules, steps)
+        except Exception:  # noqa: BLE001 - a refused value: the walker raises it, unchanged
+            return NotImplemented
+        if any(fast.lookup_backend(("update_", type(r.rule)), "jax") is not _update_jax for r in uniq):
+            return NotImplemented  # a rule the kernel does not trace (a user's rule)
+        try:
+            spec, etas = _spec_of(uniq, which)
+        except TypeError:
+            return NotImplemented
+        if steady and spec is not p.plan.spec and spec != p.plan.spec:
+            steady = False  # more than learning rates changed with t: the fuller path
+    elif steady or (p is not None and len(rules) == len(p.rules) and all(map(operator.is_, rules, p.rules))):
         spec, etas = p.plan.spec, p.etas  # the same rule objects as last step
     else:
         try:
@@ -604,12 +635,29 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
     if store and plan.chains(len(pool)):
         st = held if held is not None else Store(plan)
         new_xs = list(map(pool.__getitem__, plan.x_idx))
-        st.pool, st.xs, st.rules, st.etas, st.cache, st.copies = pool, new_xs, rules, etas, None, None
+        st.pool, st.xs, st.rules, st.etas, st.cache, st.copies = pool, new_xs, given, etas, None, None
+        st.steps = None if steps is None else list(map((1).__add__, steps))
         return st, new_xs
     out = list(map(pool.__getitem__, plan.out_map))
     if store:  # a sharing plan that did not chain: its outputs become plain states
         out = _distinct(out)
     return plan.out_treedef.unflatten(out)
+
+
+@jax.jit
+def _stack(arrays: list):
+    return jnp.stack(arrays)
+
+
+def _steps_of(states: list) -> list[int] | None:
+    """The counters of Scheduler states as Python ints (one transfer), or None when they
+    are not all concrete 0-d JAX arrays (the walker then steps them as they are)."""
+    if not all(type(s) is SchedulerState for s in states):
+        return None
+    ts = [s.t for s in states]
+    if not all(isinstance(t, jax.Array) and not isinstance(t, _Tracer) and t.ndim == 0 for t in ts):
+        return None
+    return np.asarray(_stack(ts)).tolist()
 
 
 @jax.jit

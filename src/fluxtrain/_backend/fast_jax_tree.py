@@ -33,7 +33,7 @@ from typing import Any
 
 import jax
 
-from . import fast
+from . import fast, fast_scheduler
 from .fast_jax import Store, _Tracer, _spec, _update_jax, step
 from ..optimise.tree import Leaf, _key_of, children
 
@@ -304,10 +304,10 @@ def _build(state, model, grad, sl, xl) -> _Route | None:
     x0 = first[1]
     if not isinstance(x0, jax.Array) or isinstance(x0, _Tracer):
         raise _NoRoute
-    if fast.lookup_backend(("update_", type(first[0].rule)), "jax") is not _update_jax:
+    if fast.lookup_backend(("update_", type(first[0].rule)), "jax") not in (_update_jax, fast_scheduler.update):
         # only rules the JAX kernel traces, as for the walker: others (a user's rule) may
-        # not behave the same when traced, and a Scheduler's own kernel evaluates its
-        # schedules on the host (traced, a ClipNorm inside could not raise either)
+        # not behave the same when traced. A Scheduler is stepped as its rule of each step,
+        # built on the host (``step`` checks that the kernel traces that rule)
         raise _NoRoute
     kinds: set = set()
     _kinds(model, kinds)

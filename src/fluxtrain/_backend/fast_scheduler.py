@@ -12,14 +12,63 @@ each; docs/performance.md has the numbers). Where the backend has one
 (``"scheduler_counters"`` in the fast registry), a single call reads the counters and makes
 the new ones.
 
-Each backend module registers :func:`update` for ``Scheduler`` (JAX: for the walker only;
-the whole-step route traces rules, and would evaluate schedules on the device).
+Each backend module registers :func:`update` for ``Scheduler``. JAX's whole-step route
+(:mod:`fluxtrain._backend.fast_jax_tree`) compiles the step instead, with each Scheduler
+replaced by :class:`AtStep`: the rule of the step, built on the host as here, traced with
+the counter's ``t + 1`` (``update_``'s store keeps the counters' values on the host too, so
+a steady scheduled step reads nothing back from the device).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from . import fast, is_eager, namespace
+from ..optimise.base import Rule
+
+
+@dataclass(frozen=True)
+class AtStep(Rule):
+    """What a ``Scheduler`` does at one known step: ``rule`` (its ``rule_at(t)``, built on
+    the host) applied to the inner state, and the counter advanced, as
+    ``Scheduler.apply`` does eagerly. For compiled steps: ``rule``'s learning rate is then
+    an argument of the program like any rule's, so the program does not change with
+    ``t``."""
+
+    rule: Rule
+
+    @property
+    def _scalar_state_independent(self) -> bool:  # the counter's t + 1, and rule's state
+        return self.rule._scalar_state_independent
+
+    def subrules(self) -> tuple:
+        return (self.rule,)
+
+    def apply(self, state: Any, x: Any, g: Any) -> tuple[Any, Any]:
+        from ..schedules.scheduler import SchedulerState
+        inner, delta = self.rule.apply(state.inner, x, g)
+        return SchedulerState(state.t + 1, inner), delta
+
+
+def at_steps(rules: list, steps: list[int]) -> tuple[list[AtStep], tuple[int, ...]]:
+    """Each Scheduler of ``rules`` at its step: the distinct ``AtStep`` rules (equal ones
+    once) and which of them each array uses. Raises what ``rule_at`` raises, before
+    anything runs. One Scheduler at one step (the usual case) costs no loop per array."""
+    n = len(rules)
+    if rules.count(rules[0]) == n and steps.count(steps[0]) == n:
+        return [AtStep(rules[0].rule_at(steps[0]))], (0,) * n
+    made: dict[tuple, int] = {}
+    uniq: list[AtStep] = []
+    which = []
+    for r, t in zip(rules, steps):
+        j = made.get((id(r), t))
+        if j is None:
+            a = AtStep(r.rule_at(t))
+            j = made[(id(r), t)] = next((k for k, u in enumerate(uniq) if u == a), len(uniq))
+            if j == len(uniq):
+                uniq.append(a)
+        which.append(j)
+    return uniq, tuple(which)
 
 
 def _counters(ts: list, xp) -> tuple[list[int], list]:
