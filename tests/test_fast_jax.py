@@ -16,6 +16,7 @@ import fluxtrain as ft
 from fluxtrain._backend import fast
 from fluxtrain.optimise import RULES, Rule
 from fluxtrain.optimise.base import scalar
+from tests.optimise.rules_list import ALL_RULES, map_hyper, rid
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
@@ -237,6 +238,40 @@ def test_same_structure_other_shapes():
     for shapes in ([(2,), (3,)], [(), ()], [(4,), (4,)]):
         grads = _grads(_model(shapes), 3)
         _same(_steps(rule, _model(shapes), grads), _steps(rule, _model(shapes), grads, disabled=True))
+
+
+@pytest.mark.parametrize("rule", ALL_RULES, ids=rid)
+def test_float_hyperparameters_are_program_arguments(rule, monkeypatch):
+    """Every float hyper-parameter (learning rate, betas, epsilon, decay, clipping bound, ...)
+    is an argument of the compiled step: new values every step (a schedule of any of them)
+    compile nothing new, and the numbers stay the generic path's."""
+    from fluxtrain._backend import fast_jax
+    traces = []
+    orig = fast_jax._traced
+    monkeypatch.setattr(fast_jax, "_traced", lambda *a: traces.append(1) or orig(*a))
+    monkeypatch.setattr(fast_jax, "_PLANS", {})  # no program compiled by another test
+    monkeypatch.setattr(fast_jax, "_LAST", {})
+
+    def run(disabled):
+        model = _model([(4,), (3, 2), (5,)], seed=2)
+        state = ft.setup(rule, model)
+        leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ft.Leaf))
+        for i, g in enumerate(_grads(model, 4, seed=3)):
+            r = map_hyper(rule, lambda v: v * (1.0 - 0.1 * i))
+            for leaf in leaves:
+                leaf.rule = r
+            if disabled:
+                with fast.disabled():
+                    state, model = ft.update_(state, model, g)
+            else:
+                state, model = ft.update_(state, model, g)
+            if i == 0:
+                first = len(traces)
+        return (state, model), first
+
+    res, first = run(False)
+    assert first >= 1 and len(traces) == first  # compiled at the first step only
+    _same(res, run(True)[0])
 
 
 def test_traced_once(monkeypatch):

@@ -607,19 +607,20 @@ def test_leaves_taken_from_a_store_leave_the_others_readable(routed):
     assert len(routed) == 3
 
 
-@pytest.mark.parametrize("change", ["eta", "beta"])
-def test_schedule_adjusting_eta_keeps_the_store(change, routed, monkeypatch):
-    """adjust_(state, eta) before every step (a schedule) makes new rule objects; the steps
-    stay steady and the store goes on in place (learning rates are the program's
-    arguments). Any other change of hyper-parameter starts a new store. Either way the
-    walker's numbers."""
+@pytest.mark.parametrize("change", ["eta", "beta", "p"])
+def test_schedule_adjusting_hyperparameters_keeps_the_store(change, routed, monkeypatch):
+    """adjust_(state, ...) before every step (a schedule) makes new rule objects; the steps
+    stay steady and the store goes on in place while only float hyper-parameters change
+    (they are the program's arguments). A change of what selects code (ClipNorm's p)
+    starts a new store. Either way the walker's numbers."""
     steady = []
     real = FT._steady
     monkeypatch.setattr(FT, "_steady", lambda *a: steady.append(real(*a)) or steady[-1])
-    rng, ma, mb, sa, sb = _two_runs(ft.Adam(0.01), n=3)
+    rule = ft.OptimiserChain(ft.ClipNorm(10.0), ft.Adam(0.01))
+    rng, ma, mb, sa, sb = _two_runs(rule, n=3)
     stores = []
     for t, eta in enumerate((0.01, 0.02, 0.005, 0.001)):
-        kw = {"eta": eta} if change == "eta" else {"beta": (0.9, 0.99 - 0.01 * t)}
+        kw = {"eta": {"eta": eta}, "beta": {"beta": (0.9, 0.99 - 0.01 * t)}, "p": {"p": 2.0 - 0.5 * t}}[change]
         ft.adjust_(sa, **kw)
         ft.adjust_(sb, **kw)
         _step_both(sa, ma, sb, mb, [_arr(rng, 3) for _ in range(3)])
@@ -627,8 +628,8 @@ def test_schedule_adjusting_eta_keeps_the_store(change, routed, monkeypatch):
         _same(_leaf_states(sa), _leaf_states(sb))
     _same(ma, mb)
     assert len(routed) == 4
-    assert (len(set(map(id, stores))) == 1) == (change == "eta")
-    assert steady == [change == "eta"] * 3  # (the first step makes the store)
+    assert (len(set(map(id, stores))) == 1) == (change != "p")
+    assert steady == [change != "p"] * 3  # (the first step makes the store)
 
 
 # ------------------------------------------------------------ Scheduler through the route

@@ -1,4 +1,6 @@
 """One list of every rule drives the generic tests (as Optimisers.jl's test suite does)."""
+import dataclasses
+
 import fluxtrain as ft
 
 ALL_RULES = [
@@ -22,3 +24,23 @@ CONVERGE = {
 
 def rid(rule) -> str:
     return repr(rule)[:60]
+
+
+def map_hyper(rule, f):
+    """``rule`` with ``f`` applied to every float hyper-parameter (alone or in a tuple, as
+    ``beta``), in chains and wrappers too, except the fields that select code
+    (``_static_fields``, e.g. ClipNorm's ``p``)."""
+    if isinstance(rule, ft.OptimiserChain):
+        return ft.OptimiserChain(*[map_hyper(o, f) for o in rule.opts])
+    if isinstance(rule, ft.MixedPrecision):
+        return ft.MixedPrecision(rule.T, map_hyper(rule.rule, f))
+    changes = {}
+    for fl in dataclasses.fields(rule):
+        v = getattr(rule, fl.name)
+        if fl.name in type(rule)._static_fields:
+            continue
+        if type(v) is float:
+            changes[fl.name] = f(v)
+        elif type(v) is tuple and v and all(type(e) is float for e in v):
+            changes[fl.name] = tuple(map(f, v))
+    return dataclasses.replace(rule, **changes)

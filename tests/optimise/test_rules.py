@@ -7,7 +7,7 @@ import pytest
 
 import fluxtrain as ft
 from fluxtrain.optimise import RULES
-from tests.optimise.rules_list import ALL_RULES, CONVERGE, rid
+from tests.optimise.rules_list import ALL_RULES, CONVERGE, map_hyper, rid
 
 RNG = np.random.default_rng(0)
 X0 = {"w": RNG.standard_normal((3, 4)), "b": RNG.standard_normal(4)}
@@ -230,3 +230,23 @@ def test_array_hyper_parameters_equal_python_floats(dtype):
             ft.update_(sb, b, g)
         assert b.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # RAdam's float16 constants
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("rule", ALL_RULES, ids=rid)
+def test_every_float_hyper_parameter_as_an_array_equals_python_floats(rule, dtype):
+    """Every float hyper-parameter of every rule (beta, epsilon, rho, lambda_, bounds, not
+    only eta) may be a 0-d array, as the JAX fast path passes them to its compiled step and
+    a Scheduler under jax.jit makes them: the numbers are those of Python floats, bit for
+    bit, because every scalar operation on the host is one rounded operation on values
+    already in the parameter dtype."""
+    x0 = np.linspace(-1, 1, 5).astype(dtype)
+    g = np.linspace(0.3, -0.2, 5).astype(dtype)
+    a, b = x0.copy(), x0.copy()
+    sa, sb = ft.setup(rule, a), ft.setup(map_hyper(rule, np.asarray), b)
+    for _ in range(3):
+        ft.update_(sa, a, g)
+        ft.update_(sb, b, g)
+    assert b.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(a, b)

@@ -31,6 +31,7 @@ hyper-parameter), or when a ``ClipNorm(throw=True)`` in the group sees a non-fin
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import operator
 from typing import Any
@@ -56,40 +57,68 @@ def _new_x(x, delta):
     return x - delta
 
 
-# Learning rates are passed as traced arguments, not baked into the compiled program, so
-# that adjust_(state, eta) every step (a schedule) does not recompile. Everything else
-# about a rule is static (it may select code paths: ClipNorm's p, AdamW's couple, ...).
-_ETA = "<eta>"
+# Float hyper-parameters (learning rates, betas, epsilons, decays, ...) are arguments of the
+# compiled program, not constants in it, so that adjust_(state, ...) or a Scheduler changing
+# them every step does not compile a new program. That is exact because the rules compute
+# with them as base.py describes: each scalar operation on the host works on values already
+# rounded to the parameter dtype and is rounded once, which is what the same operation on a
+# 0-d array of that dtype gives. What may select code paths stays static: ints, bools,
+# strings, and the float fields a rule names in ``_static_fields`` (ClipNorm's p).
+_ARG = "<arg>"
+_FIELDS: dict[type, tuple] = {}
 
 
-def _split(rule, etas: list):
-    """A hashable skeleton of ``rule`` with each float ``eta`` replaced by a marker (the
-    values are appended to ``etas``)."""
-    eta = getattr(rule, "eta", None)
+def _arg_fields(cls: type) -> tuple:
+    """The fields of rule class ``cls`` that may hold argument hyper-parameters."""
+    f = _FIELDS.get(cls)
+    if f is None:
+        static = set(getattr(cls, "_static_fields", ())) | {"opts", "rule"}
+        f = _FIELDS[cls] = (tuple(x.name for x in dataclasses.fields(cls) if x.name not in static)
+                            if dataclasses.is_dataclass(cls) else ())
+    return f
+
+
+def _split(rule, hyper: list):
+    """A hashable skeleton of ``rule`` with each float hyper-parameter (alone or in a tuple
+    of floats, such as ``beta``) replaced by a marker, the values appended to ``hyper``."""
     opts = getattr(rule, "opts", None)
     inner = getattr(rule, "rule", None)
-    if type(eta) is float or isinstance(opts, tuple) or hasattr(inner, "apply"):
-        sk = copy.copy(rule)
-        if type(eta) is float:
-            etas.append(eta)
-            object.__setattr__(sk, "eta", _ETA)
-        if isinstance(opts, tuple):
-            object.__setattr__(sk, "opts", tuple(_split(o, etas) for o in opts))
-        if hasattr(inner, "apply"):
-            object.__setattr__(sk, "rule", _split(inner, etas))
-        return sk
-    return rule
+    found = []
+    for name in _arg_fields(type(rule)):
+        v = getattr(rule, name)
+        if type(v) is float:
+            found.append((name, _ARG))
+            hyper.append(v)
+        elif type(v) is tuple and v and all(type(e) is float for e in v):
+            found.append((name, (_ARG,) * len(v)))
+            hyper.extend(v)
+    if not (found or isinstance(opts, tuple) or hasattr(inner, "apply")):
+        return rule
+    sk = copy.copy(rule)
+    for name, marker in found:
+        object.__setattr__(sk, name, marker)
+    if isinstance(opts, tuple):
+        object.__setattr__(sk, "opts", tuple(_split(o, hyper) for o in opts))
+    if hasattr(inner, "apply"):
+        object.__setattr__(sk, "rule", _split(inner, hyper))
+    return sk
 
 
 def _fill(sk, it):
-    eta = getattr(sk, "eta", None)
+    """``_split`` undone: the markers of skeleton ``sk`` replaced, in the same order, by the
+    program's (traced) arguments from ``it``."""
     opts = getattr(sk, "opts", None)
     inner = getattr(sk, "rule", None)
-    if not (eta is _ETA or isinstance(opts, tuple) or hasattr(inner, "apply")):
+    found = []
+    for name in _arg_fields(type(sk)):
+        v = getattr(sk, name)
+        if v is _ARG or (type(v) is tuple and v and v[0] is _ARG):
+            found.append((name, v))
+    if not (found or isinstance(opts, tuple) or hasattr(inner, "apply")):
         return sk
     r = copy.copy(sk)
-    if eta is _ETA:
-        object.__setattr__(r, "eta", next(it))
+    for name, v in found:
+        object.__setattr__(r, name, next(it) if v is _ARG else tuple(next(it) for _ in v))
     if isinstance(opts, tuple):
         object.__setattr__(r, "opts", tuple(_fill(o, it) for o in opts))
     if hasattr(inner, "apply"):
@@ -149,7 +178,7 @@ def _with_norm(rule, nrm):
 
 class _Spec:
     """The distinct rules of a group (by identity, then equality) as skeletons without
-    their learning rates, which array uses which, and per skeleton the facts the plan
+    their float hyper-parameters, which array uses which, and per skeleton the facts the plan
     needs. Hashable (the compiled programs are cached under it)."""
 
     __slots__ = ("skeletons", "which", "throws", "independent", "_hash")
@@ -172,7 +201,7 @@ class _Spec:
                                  and self.which == other.which and self.skeletons == other.skeletons)
 
 
-_SPECS: dict[tuple, tuple] = {}  # tuple of rule ids -> (rules, spec, etas); rules kept alive so ids stay unique
+_SPECS: dict[tuple, tuple] = {}  # tuple of rule ids -> (rules, spec, hyper); rules kept alive so ids stay unique
 _SPECS_MAX = 16
 
 
@@ -196,19 +225,19 @@ def _spec(rules: list) -> tuple[_Spec, tuple]:
                 uniq.append(r)
             ids[id(r)] = j
         which.append(j)
-    spec, etas = _spec_of(uniq, tuple(which))
+    spec, hyper = _spec_of(uniq, tuple(which))
     if len(_SPECS) >= _SPECS_MAX:
         del _SPECS[next(iter(_SPECS))]
-    _SPECS[key] = (list(rules), spec, etas)
-    return spec, etas
+    _SPECS[key] = (list(rules), spec, hyper)
+    return spec, hyper
 
 
 def _spec_of(uniq: list, which: tuple) -> tuple[_Spec, tuple]:
     """The spec of distinct rules ``uniq`` used by the arrays as ``which`` says, and the
-    learning rates, the program's arguments."""
-    etas: list = []
-    skeletons = tuple(_split(r, etas) for r in uniq)
-    return _Spec(skeletons, which), tuple(etas)
+    float hyper-parameters, the program's arguments."""
+    hyper: list = []
+    skeletons = tuple(_split(r, hyper) for r in uniq)
+    return _Spec(skeletons, which), tuple(hyper)
 
 
 # ------------------------------------------------------------------------------ plans
@@ -341,7 +370,7 @@ class _Plan:
         return tuple(zpos), tuple(cluster)
 
 
-def _traced(plan: _Plan, etas, norms, don, keep):
+def _traced(plan: _Plan, hyper, norms, don, keep):
     ops: list = [None] * plan.nslots
     for s, a in zip(plan.don_slots, don):
         ops[s] = a
@@ -351,7 +380,7 @@ def _traced(plan: _Plan, etas, norms, don, keep):
         raise _Mismatch
     states, xs, gs = plan.treedef.unflatten([ops[s] for s in plan.slot])
     spec = plan.spec
-    it = iter(etas)
+    it = iter(hyper)
     rules = [_fill(sk, it) for sk in spec.skeletons]
     firsts: dict = {}  # cluster -> the new 0-d state of its first array
     new_states, new_xs = [], []
@@ -464,19 +493,19 @@ def _merge(plan: _Plan, leaves: list) -> bool:
 
 # ------------------------------------------------------------------------------ kernel
 
-_ETAS: dict[tuple, list] = {}
+_ARGS: dict[tuple, list] = {}
 
 
-def _eta_arrays(etas: tuple) -> list:
-    """The learning rates as (weakly typed) JAX arrays, made once per value: a Python float
+def _arg_arrays(hyper: tuple) -> list:
+    """The float hyper-parameters as (weakly typed) JAX arrays, made once per value: a Python float
     argument is copied to the device at every call, which on a GPU waits for the queue
     (the step then no longer overlaps the previous one)."""
-    key = (etas, jax.config.jax_enable_x64)
-    a = _ETAS.get(key)
+    key = (hyper, jax.config.jax_enable_x64)
+    a = _ARGS.get(key)
     if a is None:
-        if len(_ETAS) >= 64:
-            del _ETAS[next(iter(_ETAS))]
-        a = _ETAS[key] = [jnp.asarray(e) for e in etas]
+        if len(_ARGS) >= 64:
+            del _ARGS[next(iter(_ARGS))]
+        a = _ARGS[key] = [jnp.asarray(e) for e in hyper]
     return a
 
 
@@ -492,7 +521,7 @@ class Store:
     only while every Leaf it was given is still attached, in order; Leafs are attached
     only to a new store, so one that lost a Leaf is never updated again (only read)."""
 
-    __slots__ = ("plan", "pool", "xs", "rules", "etas", "steps", "cache", "copies", "n", "order", "g_avals",
+    __slots__ = ("plan", "pool", "xs", "rules", "hyper", "steps", "cache", "copies", "n", "order", "g_avals",
                  "g_sh", "__weakref__")
 
     def __init__(self, plan: _Plan) -> None:
@@ -501,7 +530,7 @@ class Store:
         self.pool: list = []
         self.xs: list = []
         self.rules: list = []
-        self.etas: tuple = ()
+        self.hyper: tuple = ()
         self.steps: list | None = None  # a Scheduler group's counters, as Python ints
         self.cache: list | None = None
         self.copies: list | None = None
@@ -572,7 +601,7 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
     given, steps = rules, None
     if isinstance(rules[0], Scheduler):  # (the route's groups are of one rule type)
         # each Scheduler becomes its rule of this step, built on the host from the counters
-        # the store keeps (else read in one transfer); its learning rate is an argument
+        # the store keeps (else read in one transfer); its float hyper-parameters are arguments
         steps = p.steps if p is not None and p.steps is not None else _steps_of(
             states if states is not None else list(map(p.raw_state_of, range(p.n))))
         if steps is None:
@@ -584,16 +613,16 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
         if any(fast.lookup_backend(("update_", type(r.rule)), "jax") is not _update_jax for r in uniq):
             return NotImplemented  # a rule the kernel does not trace (a user's rule)
         try:
-            spec, etas = _spec_of(uniq, which)
+            spec, hyper = _spec_of(uniq, which)
         except TypeError:
             return NotImplemented
         if steady and spec is not p.plan.spec and spec != p.plan.spec:
-            steady = False  # more than learning rates changed with t: the fuller path
+            steady = False  # a static field changed with t: the fuller path
     elif steady or (p is not None and len(rules) == len(p.rules) and all(map(operator.is_, rules, p.rules))):
-        spec, etas = p.plan.spec, p.etas  # the same rule objects as last step
+        spec, hyper = p.plan.spec, p.hyper  # the same rule objects as last step
     else:
         try:
-            spec, etas = _spec(rules)
+            spec, hyper = _spec(rules)
         except TypeError:  # traced or unhashable hyper-parameters
             return NotImplemented
     norms = None
@@ -624,7 +653,7 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
         if plan.zd:  # 0-d state a store's plan donates, perhaps held by Leafs outside this step
             don = _copy_at(don, plan.zd)
     try:
-        outs = plan.fn(_eta_arrays(etas), norms, don, keep)
+        outs = plan.fn(_arg_arrays(hyper), norms, don, keep)
     except _Mismatch:
         _PLANS.pop(key, None)
         _LAST.pop((spec, inplace, store), None)
@@ -635,7 +664,7 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
     if store and plan.chains(len(pool)):
         st = held if held is not None else Store(plan)
         new_xs = list(map(pool.__getitem__, plan.x_idx))
-        st.pool, st.xs, st.rules, st.etas, st.cache, st.copies = pool, new_xs, given, etas, None, None
+        st.pool, st.xs, st.rules, st.hyper, st.cache, st.copies = pool, new_xs, given, hyper, None, None
         st.steps = None if steps is None else list(map((1).__add__, steps))
         return st, new_xs
     out = list(map(pool.__getitem__, plan.out_map))

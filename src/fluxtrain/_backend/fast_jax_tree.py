@@ -138,15 +138,15 @@ def _steady(route: _Route, held: Store, leaves: list, xs: list, gs: list) -> boo
     if all(map(operator.is_, map(_RULE, leaves), held.rules)):
         return True
     rules = list(map(_RULE, leaves))
-    # new rule objects: a schedule's adjust_(state, eta) between steps. The same program
-    # serves them if only learning rates changed (they are its arguments)
+    # new rule objects: a schedule's adjust_(state, ...) between steps. The same program
+    # serves them if only float hyper-parameters changed (they are its arguments)
     try:
-        spec, etas = _spec(rules)
+        spec, hyper = _spec(rules)
     except TypeError:  # unhashable hyper-parameters: the fuller path decides
         return False
     if spec is not held.plan.spec and spec != held.plan.spec:
         return False
-    held.rules, held.etas = rules, etas  # (what the step runs with)
+    held.rules, held.hyper = rules, hyper  # (what the step runs with)
     return True
 
 

@@ -291,23 +291,30 @@ def _recipe(rule, f):
         return None
     base, clip, decay = info
     T = _T(f)
-    wd = f(T(decay.lambda_)) if decay is not None else f(0)
+    wd = f(T(_num(decay.lambda_))) if decay is not None else f(0)
     if isinstance(base, (Adam, AdamW)):
-        b1, b2 = T(base.beta[0]), T(base.beta[1])
+        b1, b2 = T(_num(base.beta[0])), T(_num(base.beta[1]))
         if isinstance(base, Adam):
-            eps, mode, lam = eps_cast(T, base.epsilon), 0, 0.0
+            eps, mode, lam = eps_cast(T, _num(base.epsilon)), 0, 0.0
         else:
-            eps, lam = T(base.epsilon), T(base.lambda_)
+            eps, lam = T(_num(base.epsilon)), T(_num(base.lambda_))
             mode = 1 if base.couple else 2
         sc = dict(pre=(f(b1), f(T(1 - b1)), f(b2), f(T(1 - b2))),
-                  post=(f(eps), f(T(base.eta)), f(lam), mode), pyb1=b1, pyb2=b2, f=f)
+                  post=(f(eps), f(T(_num(base.eta))), f(lam), mode), pyb1=b1, pyb2=b2, f=f)
         kind = "adam"
     elif isinstance(base, Momentum):
-        kind, sc = "momentum", dict(post=(f(T(base.rho)), f(T(base.eta))), f=f)
+        kind, sc = "momentum", dict(post=(f(T(_num(base.rho))), f(T(_num(base.eta)))), f=f)
     else:
-        b1, b2 = T(base.beta[0]), T(base.beta[1])
-        kind, sc = "lion", dict(post=(f(b1), f(b2), f(T(1 - b2)), f(T(b2 - b1)), f(T(base.eta))), f=f)
+        b1, b2 = T(_num(base.beta[0])), T(_num(base.beta[1]))
+        kind, sc = "lion", dict(post=(f(b1), f(b2), f(T(1 - b2)), f(T(b2 - b1)), f(T(_num(base.eta)))), f=f)
     return kind, sc, clip, wd, decay is not None, base is rule
+
+
+def _num(v):
+    """A hyper-parameter as a Python number: a 0-d array's value (exactly: the caster then
+    rounds it as it rounds the array), so the scalars below are Python floats, as the
+    kernels and their caches need."""
+    return v.item() if hasattr(v, "item") and not isinstance(v, (int, float)) else v
 
 
 def base_state(st, is_base: bool):

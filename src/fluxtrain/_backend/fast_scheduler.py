@@ -31,9 +31,9 @@ from ..optimise.base import Rule
 class AtStep(Rule):
     """What a ``Scheduler`` does at one known step: ``rule`` (its ``rule_at(t)``, built on
     the host) applied to the inner state, and the counter advanced, as
-    ``Scheduler.apply`` does eagerly. For compiled steps: ``rule``'s learning rate is then
-    an argument of the program like any rule's, so the program does not change with
-    ``t``."""
+    ``Scheduler.apply`` does eagerly. For compiled steps: ``rule``'s float hyper-parameters
+    are then arguments of the program like any rule's, so the program does not change
+    with ``t``."""
 
     rule: Rule
 

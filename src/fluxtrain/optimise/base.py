@@ -159,9 +159,16 @@ class Rule:
     on the state's own 0-d entries and the hyper-parameters, never on ``x``, ``g`` or the
     other state (e.g. Adam's ``beta^t``, a step counter; trivially so without 0-d state).
     The JAX fast path then lets Leafs with equal such entries share them (computed once).
+
+    ``_static_fields``: the float fields that select code paths (``ClipNorm``'s ``p``). The
+    JAX fast path passes every other float hyper-parameter to its compiled program as a 0-d
+    array, so a rule must compute with those as with any array: no Python branch on their
+    values, and scalar arithmetic only as described above (each operation on values already
+    rounded by ``caster`` and rounded once), which then equals the same operation on arrays.
     """
 
     _scalar_state_independent: ClassVar[bool] = False
+    _static_fields: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -7,6 +7,7 @@ follows Optimisers.jl's operation order.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .._backend import namespace
@@ -26,6 +27,15 @@ def _betas(rule, x):
     """``T.(beta)`` as a pair of 0-d arrays (the running products start at beta)."""
     T = caster(x)
     return (scalar(x, T(rule.beta[0])), scalar(x, T(rule.beta[1])))
+
+
+def _div(a, b):
+    """``a / b`` with IEEE semantics for Python floats (Julia's: ``2 / 0.0 == Inf``), as the
+    same division of arrays gives; e.g. ``1 - beta`` is 0 when ``beta`` rounds to 1 in
+    bfloat16."""
+    if type(b) is float and b == 0.0:
+        return math.copysign(math.inf, b) * a if a else math.nan
+    return a / b
 
 
 def _advance(bt, b1, b2):
@@ -92,7 +102,7 @@ class RAdam(Rule):
 
     def apply(self, state, x, g):
         T, xp, eta, b1, b2, eps = _hyper(self, x)
-        rinf = T(T(2 / T(1 - b2)) - 1)
+        rinf = T(T(_div(2, T(1 - b2))) - 1)
         m, v, bt, t = state
         m, v = _moments(m, v, g, b1, b2, T)
         tt = xp.astype(t, x.dtype)

@@ -314,6 +314,8 @@ class ClipNorm(Rule):
 
     _scalar_state_independent = True  # no state
 
+    _static_fields = ("p",)  # selects the norm's code
+
     omega: float = 10.0
     p: float = 2.0
     throw: bool = field(default=True, kw_only=True)
