@@ -497,9 +497,9 @@ _ARGS: dict[tuple, list] = {}
 
 
 def _arg_arrays(hyper: tuple) -> list:
-    """The float hyper-parameters as (weakly typed) JAX arrays, made once per value: a Python float
-    argument is copied to the device at every call, which on a GPU waits for the queue
-    (the step then no longer overlaps the previous one)."""
+    """The float hyper-parameters as (weakly typed) JAX arrays, made once per value: a
+    Python float argument is copied to the device at every call, which on a GPU waits for
+    the queue (the step then no longer overlaps the previous one)."""
     key = (hyper, jax.config.jax_enable_x64)
     a = _ARGS.get(key)
     if a is None:
