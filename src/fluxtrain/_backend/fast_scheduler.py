@@ -89,16 +89,19 @@ def update(rules: list, states: list, xs: list, gs: list, *, inplace: bool):
         return NotImplemented  # traced counters: Scheduler.apply traces the schedule
     xp = namespace(xs[0])
     steps, nxt = _counters(ts, xp)
-    at: dict[tuple, list[int]] = {}
-    for i, (r, t) in enumerate(zip(rules, steps)):
-        at.setdefault((id(r), t), []).append(i)
     # every rule first: a constructor refusing a scheduled value raises before any write
-    built = [(rules[idx[0]].rule_at(t), idx) for (_, t), idx in at.items()]
-    if inplace and len(built) > 1 and _may_raise([r for r, _ in built]):
+    uniq, which = at_steps(rules, steps)
+    n = len(xs)
+    if len(uniq) == 1:  # one rule for every array (the usual case): no loop per array
+        rule = uniq[0].rule
+        res = apply_group(type(rule), [rule] * n, [s.inner for s in states], xs, gs, xp, inplace)
+        return [(SchedulerState(t, st), delta) for t, (st, delta) in zip(nxt, res)]
+    if inplace and _may_raise([a.rule for a in uniq]):
         inplace = False  # a later part's DomainError must not follow an earlier part's write
-    out: list[Any] = [None] * len(xs)
-    for rule, idx in built:
-        res = apply_group(type(rule), [rule] * len(idx), [states[i].inner for i in idx],
+    out: list[Any] = [None] * n
+    for j, a in enumerate(uniq):
+        idx = [i for i, w in enumerate(which) if w == j]
+        res = apply_group(type(a.rule), [a.rule] * len(idx), [states[i].inner for i in idx],
                           [xs[i] for i in idx], [gs[i] for i in idx], xp, inplace)
         for i, (st, delta) in zip(idx, res):
             out[i] = (SchedulerState(nxt[i], st), delta)
