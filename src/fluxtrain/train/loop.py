@@ -101,6 +101,7 @@ def _torch_module_step(loss: Callable, model: Any, args: tuple, state: Any):
 _JIT_CACHE: dict = {}   # (id(loss), treedef, kinds, id(statics)...) -> (loss, statics, jitted fn)
 _JIT_CACHE_MAX = 64
 _STATIC_TYPES = (int, bool, str, bytes, type(None))
+_FLOATING: dict = {}  # dtype -> is it a floating dtype (differentiated)?
 
 
 def _trace_errors() -> tuple:
@@ -139,7 +140,10 @@ class _JaxStep:
         kinds, statics = [], []
         for x in leaves:
             if _is_jax_array(x):
-                kinds.append("d" if jnp.issubdtype(x.dtype, jnp.floating) else "c")
+                f = _FLOATING.get(x.dtype)
+                if f is None:  # (jnp.issubdtype costs microseconds, per leaf and step)
+                    f = _FLOATING[x.dtype] = bool(jnp.issubdtype(x.dtype, jnp.floating))
+                kinds.append("d" if f else "c")
             elif (isinstance(x, _STATIC_TYPES) or callable(x)) and not hasattr(x, "shape"):
                 kinds.append("s")
                 statics.append(x)
