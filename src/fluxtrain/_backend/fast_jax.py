@@ -493,20 +493,31 @@ def _merge(plan: _Plan, leaves: list) -> bool:
 
 # ------------------------------------------------------------------------------ kernel
 
-_ARGS: dict[tuple, list] = {}
+_ARGS: dict[tuple, Any] = {}  # (a value's bits, x64) -> its 0-d array
+_ARGS_MAX = 256
+_LAST_ARGS: list = [None, None, None]  # the last call's hyper (kept: identity), x64, arrays
 
 
 def _arg_arrays(hyper: tuple) -> list:
     """The float hyper-parameters as (weakly typed) JAX arrays, made once per value: a
     Python float argument is copied to the device at every call, which on a GPU waits for
-    the queue (the step then no longer overlaps the previous one)."""
-    key = (hyper, jax.config.jax_enable_x64)
-    a = _ARGS.get(key)
-    if a is None:
-        if len(_ARGS) >= 64:
-            del _ARGS[next(iter(_ARGS))]
-        a = _ARGS[key] = [jnp.asarray(e) for e in hyper]
-    return a
+    the queue (the step then no longer overlaps the previous one), and ``jnp.asarray``
+    costs ~50-80 us on a CPU. Per value, not per tuple: a schedule changes one value per
+    step (Adam's learning rate), and only that one is made anew."""
+    x64 = jax.config.jax_enable_x64
+    if _LAST_ARGS[0] is hyper and _LAST_ARGS[1] == x64:  # a steady step passes the same tuple
+        return _LAST_ARGS[2]
+    out = []
+    for v in hyper:
+        k = (v.hex(), x64)  # the bits: 0.0 and -0.0 are two values
+        a = _ARGS.get(k)
+        if a is None:
+            if len(_ARGS) >= _ARGS_MAX:
+                del _ARGS[next(iter(_ARGS))]
+            a = _ARGS[k] = jnp.asarray(v)
+        out.append(a)
+    _LAST_ARGS[:] = hyper, x64, out
+    return out
 
 
 class Store:
