@@ -381,3 +381,16 @@ def test_plan_reuse_checks_identities():
     assert not one.is_deleted()
     both(grads[3], grads[3])
     _same((s1, m1), (s2, m2))
+
+
+def test_hyperparameter_arrays_are_made_per_value():
+    """A schedule changes one hyper-parameter a step: only that value gets a new device
+    array (each is a copy to the device); values equal as floats but not bit for bit
+    (0.0 and -0.0) get their own."""
+    from fluxtrain._backend import fast_jax
+    a = fast_jax._arg_arrays((0.001, 0.9, 0.999, 1e-8))
+    b = fast_jax._arg_arrays((0.002, 0.9, 0.999, 1e-8))
+    assert a[0] is not b[0] and all(x is y for x, y in zip(a[1:], b[1:]))
+    assert a[0].weak_type and a[0].dtype == jnp.asarray(0.001).dtype and float(a[0]) == float(jnp.asarray(0.001))
+    z, nz = fast_jax._arg_arrays((0.0,))[0], fast_jax._arg_arrays((-0.0,))[0]
+    assert np.signbit(np.asarray(nz)) and not np.signbit(np.asarray(z))
