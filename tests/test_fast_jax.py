@@ -394,3 +394,33 @@ def test_hyperparameter_arrays_are_made_per_value():
     assert a[0].weak_type and a[0].dtype == jnp.asarray(0.001).dtype and float(a[0]) == float(jnp.asarray(0.001))
     z, nz = fast_jax._arg_arrays((0.0,))[0], fast_jax._arg_arrays((-0.0,))[0]
     assert np.signbit(np.asarray(nz)) and not np.signbit(np.asarray(z))
+
+
+@dataclass(frozen=True)
+class _Shrink(Rule):
+    """A user's rule whose float field selects code with a Python ``if``."""
+
+    eta: float = 0.1
+    decay: float = 0.0
+
+    def apply(self, state, x, g):
+        if self.decay > 0:  # concrete only while ``decay`` is a constant of the program
+            g = g * (1 - self.decay)
+        return state, g * self.eta
+
+
+def test_users_rule_in_a_chain_keeps_its_fields_constant(monkeypatch):
+    """Inside a chain a user's rule is traced with its ``eta`` as an argument and its other
+    fields as constants (a Python ``if`` on them works): compiled once, the generic
+    numbers."""
+    from fluxtrain._backend import fast_jax
+    traces = []
+    orig = fast_jax._traced
+    monkeypatch.setattr(fast_jax, "_traced", lambda *a: traces.append(1) or orig(*a))
+    monkeypatch.setattr(fast_jax, "_PLANS", {})
+    monkeypatch.setattr(fast_jax, "_LAST", {})
+    rule = ft.OptimiserChain(_Shrink(0.1, 0.5), ft.Adam(0.01))
+    grads = _grads(_model(SHAPES), 3)
+    fast_res = _steps(rule, _model(SHAPES), grads)
+    assert len(traces) == 1
+    _same(fast_res, _steps(rule, _model(SHAPES), grads, disabled=True))

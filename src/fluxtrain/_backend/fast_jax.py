@@ -69,12 +69,20 @@ _FIELDS: dict[type, tuple] = {}
 
 
 def _arg_fields(cls: type) -> tuple:
-    """The fields of rule class ``cls`` that may hold argument hyper-parameters."""
+    """The fields of rule class ``cls`` that may hold argument hyper-parameters: for the
+    built-in rules (written, and tested, to compute with arrays there) every field but
+    the static ones; for a user's rule traced inside a chain, only ``eta``, whose other
+    fields may select code with a Python ``if``."""
     f = _FIELDS.get(cls)
     if f is None:
-        static = set(getattr(cls, "_static_fields", ())) | {"opts", "rule"}
-        f = _FIELDS[cls] = (tuple(x.name for x in dataclasses.fields(cls) if x.name not in static)
-                            if dataclasses.is_dataclass(cls) else ())
+        from ..optimise import RULES
+        names = [x.name for x in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+        if cls in RULES.values():
+            static = set(cls._static_fields) | {"opts", "rule"}
+            f = tuple(n for n in names if n not in static)
+        else:
+            f = ("eta",) if "eta" in names else ()
+        _FIELDS[cls] = f
     return f
 
 

@@ -160,11 +160,13 @@ class Rule:
     other state (e.g. Adam's ``beta^t``, a step counter; trivially so without 0-d state).
     The JAX fast path then lets Leafs with equal such entries share them (computed once).
 
-    ``_static_fields``: the float fields that select code paths (``ClipNorm``'s ``p``). The
-    JAX fast path passes every other float hyper-parameter to its compiled program as a 0-d
-    array, so a rule must compute with those as with any array: no Python branch on their
-    values, and scalar arithmetic only as described above (each operation on values already
-    rounded by ``caster`` and rounded once), which then equals the same operation on arrays.
+    ``_static_fields``: the float fields of a built-in rule that select code paths
+    (``ClipNorm``'s ``p``). The JAX fast path passes every other float hyper-parameter of
+    the built-in rules to its compiled program as a 0-d array, so they compute with those
+    as with any array: no Python branch on their values, and scalar arithmetic only as
+    described above (each operation on values already rounded by ``caster`` and rounded
+    once), which then equals the same operation on arrays. Of a user's rule (traced when
+    it sits in a chain) only ``eta`` is passed so; its other fields stay constants.
     """
 
     _scalar_state_independent: ClassVar[bool] = False
