@@ -31,8 +31,8 @@ and, per group, calls::
   ``NotImplemented`` to fall back to the reference loop ``[r.apply(s, x, g) ...]``.
 
 ``Scheduler`` has one kernel for every backend (:mod:`fluxtrain._backend.fast_scheduler`),
-which hands its arrays to the wrapped rule's kernel; a backend may add
-``"scheduler_counters"``: ``ts -> (list of ints, list of t + 1)`` in one call.
+which hands its arrays to the wrapped rule's kernel; a backend registers it together with
+its ``"scheduler_counters"``: ``ts -> (list of ints, list of t + 1)`` in one call.
 
 Whole-step routes (keys ``"update_tree"`` for JAX, ``"update_module"`` for torch)
 ------------------------------------------------------------------------------

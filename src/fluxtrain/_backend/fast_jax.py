@@ -744,7 +744,7 @@ def _register() -> None:
     from ..optimise import RULES
     for cls in RULES.values():
         fast.register(("update_", cls), "jax")(_update_jax)
-    fast_scheduler.register("jax")
+    fast_scheduler.register("jax", _scheduler_counters)
 
 
 @jax.jit
@@ -752,7 +752,6 @@ def _counters_and_next(ts: list):
     return jnp.stack(ts), [t + 1 for t in ts]
 
 
-@fast.register("scheduler_counters", "jax")
 def _scheduler_counters(ts: list) -> tuple[list[int], list]:
     """A Scheduler group's counters, read in one transfer, and ``t + 1`` for each: one
     compiled call for both."""

@@ -526,10 +526,9 @@ def _register() -> None:
     from ..optimise import Adam, AdamW, Lion, Momentum, OptimiserChain
     for cls in (Adam, AdamW, Momentum, Lion, OptimiserChain):
         fast.register(("update_", cls), "numpy")(_update_numpy)
-    fast_scheduler.register("numpy")
+    fast_scheduler.register("numpy", _scheduler_counters)
 
 
-@fast.register("scheduler_counters", "numpy")
 def _scheduler_counters(ts: list) -> tuple[list[int], list]:
     """A Scheduler group's counters as ints, and ``t + 1`` for each as ``Scheduler.apply``
     makes it: made once per distinct value and dtype, and copied for each array (a

@@ -8,9 +8,9 @@ transfer, each distinct ``(rule, t)`` builds its rule once, exactly as ``apply``
 (``rule_at``: the schedule evaluated on the host, in Python floats), and the arrays go to
 the wrapped rule's group kernel (:func:`fluxtrain.optimise.interface.apply_group`), so a
 scheduled Adam step costs an Adam step plus a little per array (a counter and a state
-each; docs/performance.md has the numbers). Where the backend has one
-(``"scheduler_counters"`` in the fast registry), a single call reads the counters and makes
-the new ones.
+each; docs/performance.md has the numbers). Each backend registers, with the kernel, a
+single call that reads the counters and makes the new ones (``"scheduler_counters"`` in
+the fast registry).
 
 Each backend module registers :func:`update` for ``Scheduler``. JAX's whole-step route
 (:mod:`fluxtrain._backend.fast_jax_tree`) compiles the step instead, with each Scheduler
@@ -71,15 +71,6 @@ def at_steps(rules: list, steps: list[int]) -> tuple[list[AtStep], tuple[int, ..
     return uniq, tuple(which)
 
 
-def _counters(ts: list, xp) -> tuple[list[int], list]:
-    """The counters as Python ints, and ``t + 1`` for each as ``Scheduler.apply`` makes it
-    (a 0-d array each): in one call where the backend has one."""
-    both = fast.lookup("scheduler_counters", xp)
-    if both is not None:
-        return both(ts)
-    return [int(t) for t in ts], [xp.asarray(t + 1) for t in ts]
-
-
 def update(rules: list, states: list, xs: list, gs: list, *, inplace: bool):
     """The ``("update_", Scheduler)`` kernel (see :mod:`fluxtrain._backend.fast`)."""
     from ..optimise.interface import _may_raise, apply_group
@@ -88,7 +79,7 @@ def update(rules: list, states: list, xs: list, gs: list, *, inplace: bool):
     if not all(is_eager(t) for t in {type(t): t for t in ts}.values()):
         return NotImplemented  # traced counters: Scheduler.apply traces the schedule
     xp = namespace(xs[0])
-    steps, nxt = _counters(ts, xp)
+    steps, nxt = fast.lookup("scheduler_counters", xp)(ts)  # registered with this kernel
     # every rule first: a constructor refusing a scheduled value raises before any write
     uniq, which = at_steps(rules, steps)
     n = len(xs)
@@ -108,6 +99,10 @@ def update(rules: list, states: list, xs: list, gs: list, *, inplace: bool):
     return out
 
 
-def register(backend: str) -> None:
+def register(backend: str, counters) -> None:
+    """The kernel for ``backend``, with the backend's ``counters(ts)``: the counters as
+    Python ints and ``t + 1`` for each as ``Scheduler.apply`` makes it (a distinct 0-d
+    array each), read and made in one call."""
     from ..schedules.scheduler import Scheduler
     fast.register(("update_", Scheduler), backend)(update)
+    fast.register("scheduler_counters", backend)(counters)

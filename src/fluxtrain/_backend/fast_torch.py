@@ -429,10 +429,9 @@ def _register() -> None:
     from ..optimise import Adam, AdamW, Lion, Momentum, OptimiserChain
     for cls in (Adam, AdamW, Momentum, Lion, OptimiserChain):
         fast.register(("update_", cls), "torch")(_update_torch)
-    fast_scheduler.register("torch")
+    fast_scheduler.register("torch", _scheduler_counters)
 
 
-@fast.register("scheduler_counters", "torch")
 def _scheduler_counters(ts: list) -> tuple[list[int], list]:
     """A Scheduler group's counters, read in one transfer, and ``t + 1`` for each, in one
     launch."""
