@@ -19,10 +19,16 @@ from optim import _block, _data
 L0, L1, PERIOD = 1e-3, 1e-5, 1000
 
 
+_SCHEDULE: list = []
+
+
 def _eta(t: int) -> float:
-    """The rate of step t (1-based): the schedule every fluxtrain and torch case follows."""
-    import fluxtrain as ft
-    return float(ft.CosAnneal(l0=L0, l1=L1, period=PERIOD)(t))
+    """The rate of step t (1-based): the schedule every fluxtrain and torch case follows
+    (built once: it is called inside timed steps)."""
+    if not _SCHEDULE:
+        import fluxtrain as ft
+        _SCHEDULE.append(ft.CosAnneal(l0=L0, l1=L1, period=PERIOD))
+    return float(_SCHEDULE[0](t))
 
 
 def _fluxtrain_cases(lib: str, xs, gs, to) -> dict[str, Callable]:
