@@ -45,6 +45,20 @@ class Backend:
         return not self.jit
 
     @property
+    def mutable(self) -> bool:
+        """Arrays can be written in place (NumPy, torch; JAX arrays are immutable)."""
+        return self.lib != "jax"
+
+    def fill_(self, a: Any, value: Any) -> None:
+        """Write ``value`` into every entry of ``a`` in place (mutable backends only)."""
+        if self.lib == "torch":
+            a.fill_(value)
+        elif self.lib == "numpy":
+            a[...] = value
+        else:
+            raise TypeError(f"{self.name} arrays are immutable")
+
+    @property
     def differentiable(self) -> bool:
         return self.lib in ("torch", "jax")
 

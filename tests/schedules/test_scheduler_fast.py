@@ -96,12 +96,14 @@ def _leaves(tree):
     return [] if tree is None else [tree]
 
 
-def test_a_refused_step_writes_nothing(eager_backend, kernel_calls):
-    """Arrays at two different steps (two rules, two group kernels): a non-finite norm in
-    the second raises Flux's DomainError and neither is written, though the first would
+@pytest.mark.parametrize("late", [0, 2])
+def test_a_refused_step_writes_nothing(eager_backend, kernel_calls, late):
+    """A non-finite norm raises Flux's DomainError and nothing is written: no array, and
+    no counter (torch advances known counters in place, only once the step succeeded).
+    With arrays at two different steps (two rules, two group kernels), the first would
     have been written in place."""
     b = eager_backend
-    state, model = _run(b, CASES["chain"](), "float32", 3, 2)
+    state, model = _run(b, CASES["chain"](), "float32", 3, late)
     before = {k: b.to_numpy(v).copy() for k, v in model.items()}
     counters = {k: int(state[k].state.t) for k in model}
     with pytest.raises(DomainError):
@@ -118,4 +120,52 @@ def test_counters_are_distinct_arrays(eager_backend, kernel_calls):
     state, _ = _run(b, CASES["Adam"](), "float32", 2, 0)
     ts = [state[k].state.t for k in state]
     assert len({id(t) for t in ts}) == len(ts)
+    assert all(kernel_calls)
+
+
+@pytest.mark.parametrize("how", ["in place", "new state"])
+def test_a_counter_changed_by_the_user_is_read_again(eager_backend, kernel_calls, how):
+    """Backends remember the counters they made (torch reads nothing back in a steady
+    schedule); a counter the user changes, in place or by giving the Leaf a new state, is
+    the one the next step uses, as in the generic path."""
+    b = eager_backend
+    if how == "in place" and not b.mutable:
+        pytest.skip("JAX arrays are immutable")
+    from fluxtrain.schedules.scheduler import SchedulerState
+
+    def run():
+        state, model = _run(b, CASES["Adam"](), "float32", 2, 0)
+        leaf = state["w"]
+        if how == "in place":
+            b.fill_(leaf.state.t, 7)
+        else:
+            leaf.state = SchedulerState(b.asarray(np.array(7)), leaf.state.inner)
+        g = _grads(b, "float32", np.random.default_rng(3))
+        return ft.update_(state, model, g)
+    state, model = run()
+    assert all(kernel_calls)
+    with fast.disabled():
+        ref_s, ref_m = run()
+    assert int(state["w"].state.t) == 8 and int(state["b"].state.t) == 4
+    for k in model:
+        assert int(state[k].state.t) == int(ref_s[k].state.t)
+        np.testing.assert_allclose(b.to_numpy(model[k]), b.to_numpy(ref_m[k]), rtol=1e-6)
+
+
+def test_update_leaves_the_given_counters_alone(eager_backend, kernel_calls):
+    """``update`` (pure) makes new counters, also where ``update_`` would advance the ones
+    it made in place; ``update_`` keeps its counters distinct per Leaf."""
+    b = eager_backend
+    state, model = _run(b, CASES["Adam"](), "float32", 2, 0)
+    before = {k: int(state[k].state.t) for k in state}
+    g = _grads(b, "float32", np.random.default_rng(3))
+    new_state, _ = ft.update(state, model, g)
+    assert {k: int(state[k].state.t) for k in state} == before
+    assert {k: int(new_state[k].state.t) for k in state} == {k: v + 1 for k, v in before.items()}
+    state, _ = ft.update_(state, model, g)
+    state, _ = ft.update_(state, model, g)
+    assert {k: int(state[k].state.t) for k in state} == {k: v + 2 for k, v in before.items()}
+    if b.mutable:
+        b.fill_(state["w"].state.t, 1)
+        assert int(state["b"].state.t) == before["b"] + 2  # one counter's change reaches no other
     assert all(kernel_calls)

@@ -32,7 +32,9 @@ and, per group, calls::
 
 ``Scheduler`` has one kernel for every backend (:mod:`fluxtrain._backend.fast_scheduler`),
 which hands its arrays to the wrapped rule's kernel; a backend registers it together with
-its ``"scheduler_counters"``: ``ts -> (list of ints, list of t + 1)`` in one call.
+its ``"scheduler_counters"``: ``(ts, inplace) -> (list of ints, advance)``, where
+``advance()``, called once the wrapped rule's step has succeeded, returns the counters
+``t + 1`` (made anew, or for ``update_`` advanced in place where the backend can).
 
 Whole-step routes (keys ``"update_tree"`` for JAX, ``"update_module"`` for torch)
 ------------------------------------------------------------------------------

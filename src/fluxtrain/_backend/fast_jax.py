@@ -752,11 +752,11 @@ def _counters_and_next(ts: list):
     return jnp.stack(ts), [t + 1 for t in ts]
 
 
-def _scheduler_counters(ts: list) -> tuple[list[int], list]:
+def _scheduler_counters(ts: list, inplace: bool):
     """A Scheduler group's counters, read in one transfer, and ``t + 1`` for each: one
-    compiled call for both."""
+    compiled call for both (JAX arrays are never advanced in place)."""
     now, nxt = _counters_and_next(ts)
-    return np.asarray(now).tolist(), nxt
+    return np.asarray(now).tolist(), lambda: nxt
 
 
 _register()

@@ -529,19 +529,23 @@ def _register() -> None:
     fast_scheduler.register("numpy", _scheduler_counters)
 
 
-def _scheduler_counters(ts: list) -> tuple[list[int], list]:
-    """A Scheduler group's counters as ints, and ``t + 1`` for each as ``Scheduler.apply``
-    makes it: made once per distinct value and dtype, and copied for each array (a
-    distinct array each; the array-API ``asarray`` per array cost 5 us)."""
+def _scheduler_counters(ts: list, inplace: bool):
+    """A Scheduler group's counters as ints, and ``advance`` making ``t + 1`` for each as
+    ``Scheduler.apply`` makes it: once per distinct value and dtype, copied for each array
+    (a distinct array each; the array-API ``asarray`` per array cost 5 us). New arrays
+    also for ``update_``: advancing 0-d arrays in place costs as much as copying."""
     now = [int(t) for t in ts]
-    made: dict = {}
-    nxt = []
-    for t, v in zip(ts, now):
-        a = made.get((v, t.dtype))
-        if a is None:
-            a = made[(v, t.dtype)] = np.asarray(t + 1)
-        nxt.append(a.copy())
-    return now, nxt
+
+    def advance() -> list:
+        made: dict = {}
+        nxt = []
+        for t, v in zip(ts, now):
+            a = made.get((v, t.dtype))
+            if a is None:
+                a = made[(v, t.dtype)] = np.asarray(t + 1)
+            nxt.append(a.copy())
+        return nxt
+    return now, advance
 
 
 _register()

@@ -9,8 +9,11 @@ transfer, each distinct ``(rule, t)`` builds its rule once, exactly as ``apply``
 the wrapped rule's group kernel (:func:`fluxtrain.optimise.interface.apply_group`), so a
 scheduled Adam step costs an Adam step plus a little per array (a counter and a state
 each; docs/performance.md has the numbers). Each backend registers, with the kernel, a
-single call that reads the counters and makes the new ones (``"scheduler_counters"`` in
-the fast registry).
+call that reads the counters and returns them with a function making the next ones
+(``"scheduler_counters"`` in the fast registry), called once the wrapped rule's step has
+succeeded: for ``update_`` a backend may advance the counters in place (torch does, as it
+writes the moments in place), which must not happen before a refused value or a
+``DomainError`` has had its chance to raise.
 
 Each backend module registers :func:`update` for ``Scheduler``. JAX's whole-step route
 (:mod:`fluxtrain._backend.fast_jax_tree`) compiles the step instead, with each Scheduler
@@ -79,30 +82,35 @@ def update(rules: list, states: list, xs: list, gs: list, *, inplace: bool):
     if not all(is_eager(t) for t in {type(t): t for t in ts}.values()):
         return NotImplemented  # traced counters: Scheduler.apply traces the schedule
     xp = namespace(xs[0])
-    steps, nxt = fast.lookup("scheduler_counters", xp)(ts)  # registered with this kernel
+    steps, advance = fast.lookup("scheduler_counters", xp)(ts, inplace)  # registered with this kernel
     # every rule first: a constructor refusing a scheduled value raises before any write
     uniq, which = at_steps(rules, steps)
     n = len(xs)
     if len(uniq) == 1:  # one rule for every array (the usual case): no loop per array
         rule = uniq[0].rule
         res = apply_group(type(rule), [rule] * n, [s.inner for s in states], xs, gs, xp, inplace)
-        return [(SchedulerState(t, st), delta) for t, (st, delta) in zip(nxt, res)]
+        return [(SchedulerState(t, st), delta) for t, (st, delta) in zip(advance(), res)]
     if inplace and _may_raise([a.rule for a in uniq]):
         inplace = False  # a later part's DomainError must not follow an earlier part's write
-    out: list[Any] = [None] * n
+    parts = []
     for j, a in enumerate(uniq):
         idx = [i for i, w in enumerate(which) if w == j]
-        res = apply_group(type(a.rule), [a.rule] * len(idx), [states[i].inner for i in idx],
-                          [xs[i] for i in idx], [gs[i] for i in idx], xp, inplace)
+        parts.append((idx, apply_group(type(a.rule), [a.rule] * len(idx), [states[i].inner for i in idx],
+                                       [xs[i] for i in idx], [gs[i] for i in idx], xp, inplace)))
+    nxt = advance()
+    out: list[Any] = [None] * n
+    for idx, res in parts:
         for i, (st, delta) in zip(idx, res):
             out[i] = (SchedulerState(nxt[i], st), delta)
     return out
 
 
 def register(backend: str, counters) -> None:
-    """The kernel for ``backend``, with the backend's ``counters(ts)``: the counters as
-    Python ints and ``t + 1`` for each as ``Scheduler.apply`` makes it (a distinct 0-d
-    array each), read and made in one call."""
+    """The kernel for ``backend``, with the backend's ``counters(ts, inplace)``: the
+    counters as Python ints, and ``advance``, which returns ``t + 1`` for each as
+    ``Scheduler.apply`` makes it (a distinct 0-d array each; with ``inplace``, the same
+    arrays may be advanced in place). The kernel calls ``advance`` only once the wrapped
+    rule's step has succeeded."""
     from ..schedules.scheduler import Scheduler
     fast.register(("update_", Scheduler), backend)(update)
     fast.register("scheduler_counters", backend)(counters)

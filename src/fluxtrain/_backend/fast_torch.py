@@ -432,10 +432,59 @@ def _register() -> None:
     fast_scheduler.register("torch", _scheduler_counters)
 
 
-def _scheduler_counters(ts: list) -> tuple[list[int], list]:
-    """A Scheduler group's counters, read in one transfer, and ``t + 1`` for each, in one
-    launch."""
-    return torch.stack(ts).tolist(), list(torch._foreach_add(ts, 1))
+_MADE: list = []  # counters made here, most recent last: [views, their base, values, version]
+_MADE_MAX = 4
+_VERSION_OF = operator.attrgetter("_version")
+
+
+def _scheduler_counters(ts: list, inplace: bool):
+    """A Scheduler group's counters as ints, and ``advance`` giving ``t + 1`` for each as
+    ``Scheduler.apply`` makes it (a distinct 0-d tensor each).
+
+    Counters this function made, unchanged since (torch's version counter), are known
+    without a read: a steady schedule reads nothing back from the device. Others are read
+    in one transfer. New counters are views of one tensor made in one call
+    (``_foreach_add`` made a tensor per array, 2.5 us each): each is its own element, so an
+    in-place change of one changes no other, and bumps the version they all share. For
+    ``update_``, which writes the moments in place, known counters are advanced in place:
+    one launch, nothing allocated."""
+    entry = _known(ts)
+    now = torch.stack(ts).tolist() if entry is None else list(entry[2])
+
+    def advance() -> list:
+        vals = list(map((1).__add__, now))
+        if entry is not None and inplace:
+            base = entry[1]
+            base.add_(1)
+            entry[2], entry[3] = vals, base._version
+            return list(ts)
+        t0 = ts[0]
+        if any(t.dtype != t0.dtype or t.device != t0.device for t in {id(t): t for t in ts}.values()):
+            return list(torch._foreach_add(ts, 1))
+        if vals.count(vals[0]) == len(vals):
+            base = torch.full((len(vals),), vals[0], dtype=t0.dtype, device=t0.device)
+        else:
+            base = torch.tensor(vals, dtype=t0.dtype, device=t0.device)
+        nxt = list(base.unbind(0))
+        try:
+            version = base._version
+        except RuntimeError:  # an inference-mode tensor keeps no version: nothing remembered
+            return nxt
+        if len(_MADE) >= _MADE_MAX:
+            del _MADE[0]
+        _MADE.append([nxt, base, vals, version])
+        return nxt
+    return now, advance
+
+
+def _known(ts: list) -> list | None:
+    """The ``_MADE`` entry of these very counters, if none was changed in place since
+    (views of one tensor share one version counter: one test covers them all)."""
+    for entry in reversed(_MADE):
+        made = entry[0]
+        if len(made) == len(ts) and all(map(operator.is_, ts, made)):
+            return entry if _VERSION_OF(ts[0]) == entry[3] else None
+    return None
 
 
 _register()
