@@ -143,3 +143,29 @@ def test_module_route_on_cuda_equals_walker(rule):
     finally:
         FT.apply_group = real
     assert not calls
+
+
+def test_scheduler_on_cuda_equals_the_generic_path():
+    """A scheduled Adam on CUDA tensors: the Scheduler kernel (counters remembered, made
+    as views of one tensor, advanced in place by update_) gives the generic path's numbers
+    and counters, on the GPU; a counter changed in place is read again."""
+    import fluxtrain as ft
+    from fluxtrain._backend import fast
+
+    def run():
+        model = [torch.randn(s, generator=torch.Generator().manual_seed(i)).cuda() for i, s in enumerate((300, 7, 50))]
+        state = ft.setup(ft.Scheduler(ft.Adam, eta=ft.CosAnneal(l0=1e-2, l1=1e-4, period=4)), model)
+        for i in range(6):
+            g = [torch.randn(x.shape, generator=torch.Generator().manual_seed(10 + i)).cuda() for x in model]
+            if i == 4:
+                state[1].state.t.fill_(2)
+            state, model = ft.update_(state, model, g)
+        return state, model
+    state, model = run()
+    with fast.disabled():
+        ref_s, ref_m = run()
+    for leaf, ref, x, y in zip(state, ref_s, model, ref_m):
+        assert leaf.state.t.device.type == "cuda" and x.device.type == "cuda"
+        assert int(leaf.state.t) == int(ref.state.t)
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+    assert [int(leaf.state.t) for leaf in state] == [7, 4, 7]
