@@ -432,18 +432,20 @@ def _register() -> None:
     fast_scheduler.register("torch", _scheduler_counters)
 
 
-_MADE: list = []  # counters made here, most recent last: [views, their base, values, version]
+_MADE: list = []  # counters made here, most recent last: [views, their base, values, version, addresses]
 _MADE_MAX = 4
 _VERSION_OF = operator.attrgetter("_version")
+_ADDRESS_OF = torch.Tensor.data_ptr
 
 
 def _scheduler_counters(ts: list, inplace: bool):
     """A Scheduler group's counters as ints, and ``advance`` giving ``t + 1`` for each as
     ``Scheduler.apply`` makes it (a distinct 0-d tensor each).
 
-    Counters this function made, unchanged since (torch's version counter), are known
-    without a read: a steady schedule reads nothing back from the device. Others are read
-    in one transfer. New counters are views of one tensor made in one call
+    Counters this function made, unchanged since (the same objects at the same version
+    counter and memory address: ``.data = ...`` swaps the memory without a version bump),
+    are known without a read, as the fused Adam path knows its beta^t values: a steady
+    schedule reads nothing back from the device. Others are read in one transfer. New counters are views of one tensor made in one call
     (``_foreach_add`` made a tensor per array, 2.5 us each): each is its own element, so an
     in-place change of one changes no other, and bumps the version they all share. For
     ``update_``, which writes the moments in place, known counters are advanced in place:
@@ -472,18 +474,19 @@ def _scheduler_counters(ts: list, inplace: bool):
             return nxt
         if len(_MADE) >= _MADE_MAX:
             del _MADE[0]
-        _MADE.append([nxt, base, vals, version])
+        _MADE.append([nxt, base, vals, version, list(map(_ADDRESS_OF, nxt))])
         return nxt
     return now, advance
 
 
 def _known(ts: list) -> list | None:
-    """The ``_MADE`` entry of these very counters, if none was changed in place since
-    (views of one tensor share one version counter: one test covers them all)."""
+    """The ``_MADE`` entry of these very counters, if none was changed since (views of one
+    tensor share one version counter: one test covers them all; not so their memory)."""
     for entry in reversed(_MADE):
         made = entry[0]
         if len(made) == len(ts) and all(map(operator.is_, ts, made)):
-            return entry if _VERSION_OF(ts[0]) == entry[3] else None
+            ok = _VERSION_OF(ts[0]) == entry[3] and list(map(_ADDRESS_OF, ts)) == entry[4]
+            return entry if ok else None
     return None
 
 
