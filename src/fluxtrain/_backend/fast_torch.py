@@ -445,11 +445,11 @@ def _scheduler_counters(ts: list, inplace: bool):
     Counters this function made, unchanged since (the same objects at the same version
     counter and memory address: ``.data = ...`` swaps the memory without a version bump),
     are known without a read, as the fused Adam path knows its beta^t values: a steady
-    schedule reads nothing back from the device. Others are read in one transfer. New counters are views of one tensor made in one call
-    (``_foreach_add`` made a tensor per array, 2.5 us each): each is its own element, so an
-    in-place change of one changes no other, and bumps the version they all share. For
-    ``update_``, which writes the moments in place, known counters are advanced in place:
-    one launch, nothing allocated."""
+    schedule reads nothing back from the device. Others are read in one transfer. New
+    counters are views of one tensor made in one call (``_foreach_add`` made a tensor per
+    array, 2.5 us each): each is its own element, so an in-place change of one changes no
+    other, and bumps the version they all share. For ``update_``, which writes the moments
+    in place, known counters are advanced in place: one launch, nothing allocated."""
     entry = _known(ts)
     now = torch.stack(ts).tolist() if entry is None else list(entry[2])
 
