@@ -23,7 +23,6 @@ rules are ``[ClipNorm(p=2)] [WeightDecay] R`` with ``R`` one of those four.
 from __future__ import annotations
 
 import math
-import operator
 import os
 import threading
 from typing import Any, Callable, NamedTuple
@@ -530,8 +529,7 @@ def _register() -> None:
     fast_scheduler.register("numpy", _scheduler_counters)
 
 
-_MADE: list = []  # counters made here, most recent last: (views, their base)
-_MADE_MAX = 4
+_MADE = fast_scheduler.MadeCounters()  # entries [views, their base]
 
 
 def _scheduler_counters(ts: list, inplace: bool):
@@ -543,7 +541,8 @@ def _scheduler_counters(ts: list, inplace: bool):
     here are read in one call from their common array (a change the user made in place is
     in that memory too), and ``update_``, which writes the moments in place, advances them
     there with one addition."""
-    base = _views_of(ts)
+    made = _MADE.find(ts)
+    base = None if made is None else made[1]
     now = [int(t) for t in ts] if base is None else base.tolist()
 
     def advance() -> list:
@@ -555,19 +554,9 @@ def _scheduler_counters(ts: list, inplace: bool):
             return [np.asarray(t + 1) for t in ts]
         new = np.asarray(now, dtype=t0.dtype) + t0.dtype.type(1)
         views = [new[i, ...] for i in range(len(ts))]
-        if len(_MADE) >= _MADE_MAX:
-            del _MADE[0]
-        _MADE.append((views, new))
+        _MADE.add(views, new)
         return views
     return now, advance
-
-
-def _views_of(ts: list):
-    """The array whose views made by ``_scheduler_counters`` ``ts`` are, in order, or None."""
-    for views, base in reversed(_MADE):
-        if len(views) == len(ts) and all(map(operator.is_, ts, views)):
-            return base
-    return None
 
 
 _register()

@@ -23,6 +23,7 @@ a steady scheduled step reads nothing back from the device).
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,34 @@ def update(rules: list, states: list, xs: list, gs: list, *, inplace: bool):
         for i, (st, delta) in zip(idx, res):
             out[i] = (SchedulerState(nxt[i], st), delta)
     return out
+
+
+class MadeCounters:
+    """Counters a backend made as 0-d views of one array, one element each (the last few
+    groups): found again by identity and order, their values can be read, and for
+    ``update_`` advanced, through that array in one call. An entry is a list
+    ``[views, base, *facts]`` (what else the backend needs to trust it); one memo per
+    group, not per counter: a weak reference per counter and step would cost more than
+    the read it saves."""
+
+    __slots__ = ("entries", "size")
+
+    def __init__(self, size: int = 4) -> None:
+        self.entries: list[list] = []
+        self.size = size
+
+    def add(self, views: list, base: Any, *facts: Any) -> None:
+        if len(self.entries) >= self.size:
+            del self.entries[0]
+        self.entries.append([views, base, *facts])
+
+    def find(self, ts: list) -> list | None:
+        """The entry whose views are ``ts``, in order, or None."""
+        for e in reversed(self.entries):
+            views = e[0]
+            if len(views) == len(ts) and all(map(operator.is_, ts, views)):
+                return e
+        return None
 
 
 def register(backend: str, counters) -> None:

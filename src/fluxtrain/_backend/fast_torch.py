@@ -432,9 +432,7 @@ def _register() -> None:
     fast_scheduler.register("torch", _scheduler_counters)
 
 
-_MADE: list = []  # counters made here, most recent last: [views, their base, values, version, addresses]
-_MADE_MAX = 4
-_VERSION_OF = operator.attrgetter("_version")
+_MADE = fast_scheduler.MadeCounters()  # entries [views, their base, values, version, addresses]
 _ADDRESS_OF = torch.Tensor.data_ptr
 
 
@@ -448,9 +446,12 @@ def _scheduler_counters(ts: list, inplace: bool):
     schedule reads nothing back from the device. Others are read in one transfer. New
     counters are views of one tensor made in one call (``_foreach_add`` made a tensor per
     array, 2.5 us each): each is its own element, so an in-place change of one changes no
-    other, and bumps the version they all share. For ``update_``, which writes the moments
-    in place, known counters are advanced in place: one launch, nothing allocated."""
-    entry = _known(ts)
+    other, and bumps the version they all share (one test covers them all). For
+    ``update_``, which writes the moments in place, known counters are advanced in place:
+    one launch, nothing allocated."""
+    entry = _MADE.find(ts)
+    if entry is not None and (_version(ts[0]) != entry[3] or list(map(_ADDRESS_OF, ts)) != entry[4]):
+        entry = None  # changed since
     now = torch.stack(ts).tolist() if entry is None else list(entry[2])
 
     def advance() -> list:
@@ -468,26 +469,11 @@ def _scheduler_counters(ts: list, inplace: bool):
         else:
             base = torch.tensor(vals, dtype=t0.dtype, device=t0.device)
         nxt = list(base.unbind(0))
-        try:
-            version = base._version
-        except RuntimeError:  # an inference-mode tensor keeps no version: nothing remembered
-            return nxt
-        if len(_MADE) >= _MADE_MAX:
-            del _MADE[0]
-        _MADE.append([nxt, base, vals, version, list(map(_ADDRESS_OF, nxt))])
+        version = _version(base)
+        if version is not None:  # (an inference-mode tensor keeps none: nothing remembered)
+            _MADE.add(nxt, base, vals, version, list(map(_ADDRESS_OF, nxt)))
         return nxt
     return now, advance
-
-
-def _known(ts: list) -> list | None:
-    """The ``_MADE`` entry of these very counters, if none was changed since (views of one
-    tensor share one version counter: one test covers them all; not so their memory)."""
-    for entry in reversed(_MADE):
-        made = entry[0]
-        if len(made) == len(ts) and all(map(operator.is_, ts, made)):
-            ok = _VERSION_OF(ts[0]) == entry[3] and list(map(_ADDRESS_OF, ts)) == entry[4]
-            return entry if ok else None
-    return None
 
 
 _register()
