@@ -173,3 +173,28 @@ def test_update_leaves_the_given_counters_alone(eager_backend, kernel_calls):
         b.fill_(state["w"].state.t, 1)
         assert int(state["b"].state.t) == before["b"] + 2  # one counter's change reaches no other
     assert all(kernel_calls)
+
+
+def test_counters_of_different_dtypes_keep_them(eager_backend, kernel_calls):
+    """Counters of one group that differ in dtype (a state built by hand) are advanced each
+    in its own dtype, as ``Scheduler.apply`` does, with the generic path's numbers."""
+    b = eager_backend
+    from fluxtrain.schedules.scheduler import SchedulerState
+
+    def run():
+        state, model = _run(b, CASES["Adam"](), "float32", 1, 0)
+        leaf = state["v"]
+        leaf.state = SchedulerState(b.asarray(np.array(2, dtype=np.int32)), leaf.state.inner)
+        rng = np.random.default_rng(4)
+        for _ in range(2):
+            state, model = ft.update_(state, model, _grads(b, "float32", rng))
+        return state, model
+    state, model = run()
+    assert all(kernel_calls)
+    with fast.disabled():
+        ref_s, ref_m = run()
+    for k in model:
+        t, r = state[k].state.t, ref_s[k].state.t
+        assert int(t) == int(r) and t.dtype == r.dtype
+        np.testing.assert_allclose(b.to_numpy(model[k]), b.to_numpy(ref_m[k]), rtol=1e-6)
+    assert int(state["v"].state.t) == 4 and int(state["w"].state.t) == 4
