@@ -126,8 +126,8 @@ def test_counters_are_distinct_arrays(eager_backend, kernel_calls):
 @pytest.mark.parametrize("how", ["in place", "new memory", "new state"])
 def test_a_counter_changed_by_the_user_is_read_again(eager_backend, kernel_calls, how):
     """Backends remember the counters they made (torch reads nothing back in a steady
-    schedule); a counter the user changes, in place or by giving the Leaf a new state, is
-    the one the next step uses, as in the generic path."""
+    schedule); a counter the user changes, in place, by swapping its memory, or by giving
+    the Leaf a new state, is the one the next step uses, as in the generic path."""
     b = eager_backend
     if how != "new state" and not b.mutable:
         pytest.skip("JAX arrays are immutable")
