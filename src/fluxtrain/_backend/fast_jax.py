@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import fast, fast_scheduler
+from . import fast, fast_jax_ffi, fast_scheduler
 from ..optimise.base import Masked, Replace
 from ..schedules.scheduler import Scheduler, SchedulerState
 
@@ -319,6 +319,9 @@ class _Plan:
         self.try_merge = nclusters > nkinds
         self.out_map: tuple | None = None
         self.out_treedef = None
+        # plain Adam on the CPU: the moments and parameters by one custom call into the
+        # numba kernels, one pass per array (fast_jax_ffi); None: XLA's own program
+        self.ffi = k > 0 and spec.throws is None and fast_jax_ffi.usable(spec.skeletons, leaves[n_state])
         step = functools.partial(_traced, self)
         self.fn = jax.jit(step, donate_argnums=(2,)) if self.don_slots else jax.jit(step)
         self.reads_keep = False  # does out_map point at undonated inputs (set by the trace)?
@@ -413,6 +416,21 @@ def _traced(plan: _Plan, hyper, norms, don, keep):
                 st = td.unflatten(leaves)
         new_states.append(st)
         new_xs.append(_new_x(x, delta))
+    if plan.ffi:
+        # the rule's beta^t (and a Scheduler's counter) stay: its own code, shared as above;
+        # its m, v and x are replaced by the custom call's, and XLA drops the rule's own
+        # computation of them
+        at = isinstance(rules[0], fast_scheduler.AtStep)
+        inner = [s.inner for s in states] if at else states
+        if _adam_states(inner, xs):
+            bts = [s[2] for s in inner]
+            adams = [fast_jax_ffi.adam_of(rules[j]) for j in spec.which]
+            new_xs, ms, vs = fast_jax_ffi.adam(adams, xs, gs, [s[0] for s in inner], [s[1] for s in inner],
+                                               [b[0] for b in bts], [b[1] for b in bts])
+            if at:
+                new_states = [SchedulerState(st.t, (m, v, st.inner[2])) for m, v, st in zip(ms, vs, new_states)]
+            else:
+                new_states = [(m, v, st[2]) for m, v, st in zip(ms, vs, new_states)]
     # each distinct output once; an untouched, undonated input comes back as itself
     leaves, out_td = jax.tree.flatten((new_states, new_xs))
     kept = {id(a): k for k, a in enumerate(keep)}
@@ -436,6 +454,16 @@ def _traced(plan: _Plan, hyper, norms, don, keep):
     elif plan.out_map != out_map or plan.out_treedef != out_td:
         raise _Mismatch  # a retrace (new shapes) that would return a different layout
     return outs
+
+
+def _adam_states(states: list, xs: list) -> bool:
+    """Are these Adam's ``(m, v, (beta1^t, beta2^t))``, moments like their parameters?"""
+    for s, x in zip(states, xs):
+        if not (type(s) is tuple and len(s) == 3 and type(s[2]) is tuple and len(s[2]) == 2
+                and all(a.shape == x.shape and a.dtype == x.dtype for a in s[:2])
+                and all(jnp.ndim(b) == 0 for b in s[2])):
+            return False
+    return True
 
 
 _PLANS: dict[tuple, _Plan] = {}

@@ -489,6 +489,25 @@ def run_numba(recipes, states, xs, gs, ks, mem: Memory, inplace: bool):
     return out
 
 
+def adam_at(P: np.ndarray, N: np.ndarray, S: np.ndarray, f) -> None:
+    """Flux's ``Adam`` step on raw memory, in place: ``P[j] = (x, g, m, v)`` addresses and
+    ``N[j]`` elements of array ``j``, and ``S[j] = (eta, beta1, beta2, epsilon, beta1^t,
+    beta2^t)`` (the running products before the step), in the arrays' float type ``f``.
+    For buffers that are no library's arrays (JAX's custom call, ``fast_jax_ffi``): the
+    tables are made without a Python step per array, one scalar row per distinct ``S`` row.
+    The caller has checked everything: this cannot fail."""
+    from ..optimise import Adam
+    rows, R = np.unique(S, axis=0, return_inverse=True)
+    one = f(1)
+    U, I = [], []
+    for eta, b1, b2, eps, p1, p2 in rows.tolist():
+        _, sc, _, _, _, _ = _recipe(Adam(eta, (b1, b2), eps), f)
+        U.append(sc["pre"] + (one - f(p1), one - f(p2)) + sc["post"][:3] + (f(0),))
+        I.append((0, 0, sc["post"][3]))
+    _run(kernels()["adam"], P, _chunks(N), R.reshape(-1).astype(np.int64), np.array(U, dtype=f),
+         np.array(I, dtype=np.int64), np.ones(len(N), dtype=f), parallel=int(N.sum()) >= PARALLEL_MIN)
+
+
 def _np_dense(a) -> bool:
     return type(a) is np.ndarray and a.flags.c_contiguous
 

@@ -1,0 +1,142 @@
+"""Adam on the CPU by one custom call into the numba kernels (``fluxtrain._backend.fast_jax_ffi``):
+taken where it applies, in place, equal to the generic path up to rounding, per-array
+scalars (rules, running products) kept apart, and an error inside it reported, never a
+silent success."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fluxtrain as ft
+from fluxtrain._backend import fast
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+pytest.importorskip("numba")
+from fluxtrain._backend import fast_jax_ffi  # noqa: E402
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU custom call")
+
+SHAPES = [(), (0,), (3, 4), (70_000,), (1,)]  # 0-d, empty, and more than one kernel chunk
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The custom calls that ran (each step of a group is one)."""
+    seen = []
+    real = fast_jax_ffi._step
+
+    def counting(frame):
+        seen.append(frame.args.size)
+        return real(frame)
+    monkeypatch.setattr(fast_jax_ffi, "_step", counting)
+    return seen
+
+
+def _model(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [jnp.asarray(rng.standard_normal(s).astype(dtype)) for s in SHAPES]
+
+
+def _run(rule, dtype, steps, *, disabled=False, pure=False, adjust=None):
+    model = _model(dtype)
+    state = ft.setup(rule, model)
+    rng = np.random.default_rng(1)
+    for t in range(steps):
+        g = [jnp.asarray(rng.standard_normal(s).astype(dtype)) for s in SHAPES]
+        if adjust is not None and t == 1:
+            adjust(state)
+        with fast.disabled() if disabled else _nothing():
+            state, model = (ft.update if pure else ft.update_)(state, model, g)
+    return state, model
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _close(a, b, dtype):
+    rtol = 1e-6 if dtype == "float32" else 1e-12
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=rtol * 1e-2)
+
+
+def _states(state):
+    return [leaf.state for leaf in state]
+
+
+@pytest.mark.parametrize("pure", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adam_equals_the_generic_path(dtype, pure, calls):
+    s1, m1 = _run(ft.Adam(1e-2), dtype, 4, pure=pure)
+    assert len(calls) == 4  # one call a step for the whole group
+    s2, m2 = _run(ft.Adam(1e-2), dtype, 4, disabled=True, pure=pure)
+    _close(m1, m2, dtype)
+    _close(_states(s1), _states(s2), dtype)
+
+
+def test_rules_and_running_products_per_array(calls):
+    """Leafs with other learning rates, and one reset to a fresh state (other beta^t): one
+    call still, each array with its own scalars."""
+    def adjust(state):
+        ft.adjust_(state[2], 0.05)
+        state[3].state = ft.Adam(1e-2).init(jnp.zeros(SHAPES[3], jnp.float32))
+    s1, m1 = _run(ft.Adam(1e-2), "float32", 4, adjust=adjust)
+    s2, m2 = _run(ft.Adam(1e-2), "float32", 4, disabled=True, adjust=adjust)
+    assert calls
+    _close(m1, m2, "float32")
+    _close(_states(s1), _states(s2), "float32")
+    assert float(s1[3].state[2][0]) != float(s1[0].state[2][0])
+
+
+def test_scheduled_adam_takes_it(calls):
+    rule = ft.Scheduler(ft.Adam, eta=ft.CosAnneal(l0=1e-2, l1=1e-4, period=3))
+    s1, m1 = _run(rule, "float32", 4)
+    assert len(calls) == 4
+    s2, m2 = _run(rule, "float32", 4, disabled=True)
+    _close(m1, m2, "float32")
+    _close(_states(s1), _states(s2), "float32")
+
+
+def test_in_place(calls):
+    """The donated parameter and moments are the call's results: the same memory."""
+    state, model = _run(ft.Adam(1e-2), "float32", 2)
+    before = [model[3].unsafe_buffer_pointer(), *(a.unsafe_buffer_pointer() for a in state[3].state[:2])]
+    state, model = ft.update_(state, model, [jnp.ones(s, jnp.float32) for s in SHAPES])
+    after = [model[3].unsafe_buffer_pointer(), *(a.unsafe_buffer_pointer() for a in state[3].state[:2])]
+    assert before == after and calls
+
+
+def test_other_rules_and_chains_keep_xla(calls):
+    for rule in (ft.AdamW(1e-2), ft.Momentum(), ft.OptimiserChain(ft.WeightDecay(), ft.Adam())):
+        _run(rule, "float32", 2)
+    assert not calls
+
+
+def test_an_error_inside_is_raised(monkeypatch):
+    """A failure in the handler reaches the caller as an error (XLA's), never as a step
+    that silently did nothing."""
+    def boom(frame):
+        raise RuntimeError("kernel failed")
+    monkeypatch.setattr(fast_jax_ffi, "_step", boom)
+    model = [jnp.ones(5, jnp.float32)]
+    state = ft.setup(ft.Adam(), model)
+    with pytest.raises(Exception, match="kernel failed"):
+        state, model = ft.update_(state, model, [jnp.ones(5, jnp.float32)])
+        jax.block_until_ready(model)
+
+
+def test_where_it_applies(monkeypatch):
+    assert fast_jax_ffi.usable((ft.Adam(),), jnp.ones(3))
+    assert not fast_jax_ffi.usable((ft.Adam(),), jnp.ones(3, jnp.bfloat16))
+    assert not fast_jax_ffi.usable((ft.AdamW(),), jnp.ones(3))
+    # turned off: nothing registered (a fresh record, so the real handler stays as it is)
+    monkeypatch.setattr(fast_jax_ffi, "_STATE", {})
+    monkeypatch.setenv("FLUXTRAIN_JAX_CUSTOM_CALL", "0")
+    assert not fast_jax_ffi.usable((ft.Adam(),), jnp.ones(3))
+    assert fast_jax_ffi._STATE == {"handler": None}
