@@ -140,3 +140,14 @@ def test_where_it_applies(monkeypatch):
     monkeypatch.setenv("FLUXTRAIN_JAX_CUSTOM_CALL", "0")
     assert not fast_jax_ffi.usable((ft.Adam(),), jnp.ones(3))
     assert fast_jax_ffi._STATE == {"handler": None}
+
+
+def test_decided_for_the_arrays_at_hand(calls):
+    """A program of one structure is reused for other dtypes: whether the custom call
+    applies is decided for each step's arrays, not once for the structure."""
+    for dtype, expect in (("bfloat16", 0), ("float32", 2), ("float16", 2), ("float32", 4)):
+        model = [jnp.ones(4, dtype), jnp.ones(3, dtype)]
+        state = ft.setup(ft.Adam(), model)
+        for _ in range(2):
+            state, model = ft.update_(state, model, [jnp.ones(4, dtype), jnp.ones(3, dtype)])
+        assert len(calls) == expect, dtype

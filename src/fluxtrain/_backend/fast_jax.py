@@ -263,7 +263,8 @@ class _Plan:
     distinct ones (each repeated leaf is passed to the program once).
     """
 
-    def __init__(self, spec: _Spec, treedef, idx: tuple, leaves: list, inplace: bool, share: bool) -> None:
+    def __init__(self, spec: _Spec, treedef, idx: tuple, leaves: list, inplace: bool, share: bool,
+                 ffi: bool = False) -> None:
         self.spec, self.treedef, self.inplace = spec, treedef, inplace
         self.key: tuple | None = None  # set by _plan
         states_td = treedef.children()[0]
@@ -320,8 +321,8 @@ class _Plan:
         self.out_map: tuple | None = None
         self.out_treedef = None
         # plain Adam on the CPU: the moments and parameters by one custom call into the
-        # numba kernels, one pass per array (fast_jax_ffi); None: XLA's own program
-        self.ffi = k > 0 and spec.throws is None and fast_jax_ffi.usable(spec.skeletons, leaves[n_state])
+        # numba kernels, one pass per array (fast_jax_ffi); else XLA's own program
+        self.ffi = ffi
         step = functools.partial(_traced, self)
         self.fn = jax.jit(step, donate_argnums=(2,)) if self.don_slots else jax.jit(step)
         self.reads_keep = False  # does out_map point at undonated inputs (set by the trace)?
@@ -471,26 +472,26 @@ _PLANS_MAX = 32
 _LAST: dict[tuple, _Plan] = {}  # (spec, inplace) -> the plan used last: usually the next one too
 
 
-def _plan(spec, treedef, leaves, inplace, share):
+def _plan(spec, treedef, leaves, inplace, share, ffi=False):
     ids = list(map(id, leaves))
-    plan = _LAST.get((spec, inplace, share))
+    plan = _LAST.get((spec, inplace, share, ffi))
     # the same structure, each repeated leaf the same object as its twin, no others alike
     if (plan is not None and treedef == plan.treedef and len(set(ids)) == plan.nslots
             and list(map(ids.__getitem__, plan.twin_a)) == list(map(ids.__getitem__, plan.twin_b))):
         return plan.key, plan
     last = dict(zip(ids, range(len(ids))))
     idx = tuple(map(last.__getitem__, ids))
-    key = (spec, treedef, idx, inplace, share)
+    key = (spec, treedef, idx, inplace, share, ffi)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _Plan(spec, treedef, idx, leaves, inplace, share)
+        plan = _Plan(spec, treedef, idx, leaves, inplace, share, ffi)
         plan.key = key
         if len(_PLANS) >= _PLANS_MAX:
             del _PLANS[next(iter(_PLANS))]
         _PLANS[key] = plan
     if len(_LAST) >= _PLANS_MAX:
         del _LAST[next(iter(_LAST))]
-    _LAST[(spec, inplace, share)] = plan
+    _LAST[(spec, inplace, share, ffi)] = plan
     return key, plan
 
 
@@ -690,10 +691,13 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
         if states is None:
             states = list(map(p.raw_state_of, range(p.n)))
         leaves, treedef = jax.tree.flatten((states, xs, gs))
-        key, plan = _plan(spec, treedef, leaves, inplace, store)
+        # (decided for the arrays at hand: a plan's program is reused for other dtypes and
+        # devices of the same structure, where the custom call may not apply)
+        ffi = norms is None and fast_jax_ffi.usable(spec.skeletons, xs[0])
+        key, plan = _plan(spec, treedef, leaves, inplace, store, ffi)
         if plan.try_merge:
             if _merge(plan, leaves):
-                key, plan = _plan(spec, treedef, leaves, inplace, store)
+                key, plan = _plan(spec, treedef, leaves, inplace, store, ffi)
             plan.try_merge = False  # values looked at once; the shared arrays now persist
         don = list(map(leaves.__getitem__, plan.don_pos))
         keep = list(map(leaves.__getitem__, plan.keep_pos))
@@ -703,7 +707,7 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
         outs = plan.fn(_arg_arrays(hyper), norms, don, keep)
     except _Mismatch:
         _PLANS.pop(key, None)
-        _LAST.pop((spec, inplace, store), None)
+        _LAST.pop((spec, inplace, store, plan.ffi), None)
         return NotImplemented
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError, TypeError):
         return NotImplemented  # a rule that cannot be traced: the generic path decides
