@@ -141,6 +141,10 @@ def _step(frame) -> None:
     n = frame.args.size
     k = (n - 1) // 4
     dt, data, sizes = buffers(np.ctypeslib.as_array(frame.args.items, shape=(n,)))
+    # what the kernels will write through these addresses must be what they are
+    if (n != 4 * k + 1 or dt[0] not in (_F32, _F64) or not (dt == dt[0]).all() or sizes[4 * k] != 6 * k
+            or not all(np.array_equal(sizes[:k], sizes[j * k:(j + 1) * k]) for j in (1, 2, 3))):
+        raise TypeError("fluxtrain_adam: unexpected arguments (dtypes, sizes or count)")
     f = np.float32 if dt[0] == _F32 else np.float64
     _, out, _ = buffers(np.ctypeslib.as_array(frame.rets.items, shape=(frame.rets.size,)))
     # results aliased to their arguments: XLA passes the same buffers (copying an argument
