@@ -424,3 +424,27 @@ def test_users_rule_in_a_chain_keeps_its_fields_constant(monkeypatch):
     fast_res = _steps(rule, _model(SHAPES), grads)
     assert len(traces) == 1
     _same(fast_res, _steps(rule, _model(SHAPES), grads, disabled=True))
+
+
+def test_models_of_one_structure_with_and_without_0d_parameters():
+    """Two models of one tree structure, one with a 0-d parameter where the other has a
+    vector, stepped in turn: each keeps its own compiled program (which leaves are 0-d is
+    part of a plan), so neither step falls back to the generic path."""
+    from fluxtrain._backend import fast_jax_tree
+    calls = []
+    real = fast_jax_tree.step
+
+    def counting(*a, **kw):
+        out = real(*a, **kw)
+        calls.append(out is not NotImplemented)
+        return out
+    models = [[jnp.ones(()), jnp.ones(3)], [jnp.ones(2), jnp.ones(3)]]
+    states = [ft.setup(ft.Momentum(0.1), m) for m in models]
+    try:
+        fast_jax_tree.step = counting
+        for _ in range(3):
+            for m, s in zip(models, states):
+                ft.update(s, m, [jnp.ones_like(a) for a in m])
+    finally:
+        fast_jax_tree.step = real
+    assert len(calls) == 6 and all(calls)

@@ -48,6 +48,7 @@ def _run(rule, dtype, steps, *, disabled=False, pure=False, adjust=None):
             adjust(state)
         with fast.disabled() if disabled else _nothing():
             state, model = (ft.update if pure else ft.update_)(state, model, g)
+    jax.block_until_ready(model)  # (the calls run asynchronously: all done before counting)
     return state, model
 
 
@@ -108,6 +109,7 @@ def test_in_place(calls):
     state, model = _run(ft.Adam(1e-2), "float32", 2)
     before = [model[3].unsafe_buffer_pointer(), *(a.unsafe_buffer_pointer() for a in state[3].state[:2])]
     state, model = ft.update_(state, model, [jnp.ones(s, jnp.float32) for s in SHAPES])
+    jax.block_until_ready(model)
     after = [model[3].unsafe_buffer_pointer(), *(a.unsafe_buffer_pointer() for a in state[3].state[:2])]
     assert before == after and calls
 
@@ -150,4 +152,5 @@ def test_decided_for_the_arrays_at_hand(calls):
         state = ft.setup(ft.Adam(), model)
         for _ in range(2):
             state, model = ft.update_(state, model, [jnp.ones(4, dtype), jnp.ones(3, dtype)])
+        jax.block_until_ready(model)
         assert len(calls) == expect, dtype

@@ -293,7 +293,8 @@ class _Plan:
         for s in self.slot:
             count[s] += 1
         rep_pos = list(slot_of_rep)
-        self.zero_d = tuple(np.ndim(leaves[p]) == 0 for p in rep_pos)
+        self.zero_leaves = tuple(np.ndim(a) == 0 for a in leaves)
+        self.zero_d = tuple(self.zero_leaves[p] for p in rep_pos)
         # donate a buffer only if it is read exactly once, as a state or parameter (never
         # as a gradient), and is not 0-d (shared 0-d state may be held by other Leafs);
         # a store's plan donates its 0-d state too (read only as state: ``rep_pos`` is a
@@ -474,14 +475,18 @@ _LAST: dict[tuple, _Plan] = {}  # (spec, inplace) -> the plan used last: usually
 
 def _plan(spec, treedef, leaves, inplace, share, ffi=False):
     ids = list(map(id, leaves))
+    # which leaves are 0-d: part of what a plan's program is for (its sharing and donation),
+    # and not fixed by the tree structure (another model of the same structure may have
+    # a 0-d parameter where this one has none)
+    zero = tuple(np.ndim(a) == 0 for a in leaves)
     plan = _LAST.get((spec, inplace, share, ffi))
     # the same structure, each repeated leaf the same object as its twin, no others alike
-    if (plan is not None and treedef == plan.treedef and len(set(ids)) == plan.nslots
+    if (plan is not None and treedef == plan.treedef and len(set(ids)) == plan.nslots and zero == plan.zero_leaves
             and list(map(ids.__getitem__, plan.twin_a)) == list(map(ids.__getitem__, plan.twin_b))):
         return plan.key, plan
     last = dict(zip(ids, range(len(ids))))
     idx = tuple(map(last.__getitem__, ids))
-    key = (spec, treedef, idx, inplace, share, ffi)
+    key = (spec, treedef, idx, inplace, share, ffi, zero)
     plan = _PLANS.get(key)
     if plan is None:
         plan = _Plan(spec, treedef, idx, leaves, inplace, share, ffi)
