@@ -20,6 +20,12 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU cu
 SHAPES = [(), (0,), (3, 4), (70_000,), (1,)]  # 0-d, empty, and more than one kernel chunk
 
 
+@pytest.fixture(autouse=True)
+def small_groups_too(monkeypatch):
+    """The call is taken for groups of any size here (it is by default from 2 M elements)."""
+    monkeypatch.setattr(fast_jax_ffi, "MIN_ELEMENTS", 0)
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """The custom calls that ran (each step of a group is one)."""
@@ -134,13 +140,16 @@ def test_an_error_inside_is_raised(monkeypatch):
 
 
 def test_where_it_applies(monkeypatch):
-    assert fast_jax_ffi.usable((ft.Adam(),), jnp.ones(3))
-    assert not fast_jax_ffi.usable((ft.Adam(),), jnp.ones(3, jnp.bfloat16))
-    assert not fast_jax_ffi.usable((ft.AdamW(),), jnp.ones(3))
+    assert fast_jax_ffi.usable((ft.Adam(),), [jnp.ones(3)])
+    assert not fast_jax_ffi.usable((ft.Adam(),), [jnp.ones(3, jnp.bfloat16)])
+    assert not fast_jax_ffi.usable((ft.AdamW(),), [jnp.ones(3)])
+    monkeypatch.setattr(fast_jax_ffi, "MIN_ELEMENTS", 10)
+    assert not fast_jax_ffi.usable((ft.Adam(),), [jnp.ones(3), jnp.ones(6)])
+    assert fast_jax_ffi.usable((ft.Adam(),), [jnp.ones(3), jnp.ones(7)])
     # turned off: nothing registered (a fresh record, so the real handler stays as it is)
     monkeypatch.setattr(fast_jax_ffi, "_STATE", {})
     monkeypatch.setenv("FLUXTRAIN_JAX_CUSTOM_CALL", "0")
-    assert not fast_jax_ffi.usable((ft.Adam(),), jnp.ones(3))
+    assert not fast_jax_ffi.usable((ft.Adam(),), [jnp.ones(300)])
     assert fast_jax_ffi._STATE == {"handler": None}
 
 

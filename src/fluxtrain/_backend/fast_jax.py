@@ -701,7 +701,7 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
         leaves, treedef = jax.tree.flatten((states, xs, gs))
         # (decided for the arrays at hand: a plan's program is reused for other dtypes and
         # devices of the same structure, where the custom call may not apply)
-        ffi = norms is None and fast_jax_ffi.usable(spec.skeletons, xs[0])
+        ffi = norms is None and fast_jax_ffi.usable(spec.skeletons, xs)
         key, plan = _plan(spec, treedef, leaves, inplace, store, ffi)
         if plan.try_merge:
             if _merge(plan, leaves):

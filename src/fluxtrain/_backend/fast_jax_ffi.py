@@ -197,9 +197,19 @@ def _register() -> bool:
     return _STATE["handler"] is not None
 
 
-def usable(skeletons: tuple, x0) -> bool:
-    """Can a group of these rule skeletons on arrays like ``x0`` take the custom call?"""
+MIN_ELEMENTS = 1 << 21
+"""Groups with fewer elements in all keep XLA's program. Its three passes cost little while
+a group's arrays stay in the caches, and the call has a fixed cost (~90 us of Python in
+the handler). Adam, 6 arrays, blocked steps on 2 cores: 0.1 M elements 500 against 233 us
+(XLA), 1 M 1.16 against 1.05 ms, 2 M 1.6 against 5.4 ms, 10 M 8.9 against 14.7 ms."""
+
+
+def usable(skeletons: tuple, xs: list) -> bool:
+    """Can a group of these rule skeletons on the arrays ``xs`` take the custom call?"""
     if not all(adam_of(sk) is not None for sk in skeletons):
+        return False
+    x0 = xs[0]
+    if sum(x.size for x in xs) < MIN_ELEMENTS:
         return False
     if x0.dtype not in (jnp.float32, jnp.float64):
         return False
