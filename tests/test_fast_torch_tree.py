@@ -6,6 +6,7 @@ plan, frozen or tied Leafs, gradients of another shape or dtype, missing gradien
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -71,7 +72,7 @@ def _run(rule, steps, *, via, walker=False, edit=None, dtype=torch.float32):
     (``.grad``); ``edit(i, model, state)`` may change things before step i."""
     model = _mlp(dtype=dtype)
     state = ft.setup(rule, model)
-    ctx = _walker_only() if walker else _nullcontext()
+    ctx = _walker_only() if walker else contextlib.nullcontext()
     with ctx:
         for i in range(steps):
             if edit is not None:
@@ -85,14 +86,6 @@ def _run(rule, steps, *, via, walker=False, edit=None, dtype=torch.float32):
                 _loss(model, x).backward()
                 state, model = ft.update_(state, model)
     return model, state
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _same(a, b):
@@ -251,7 +244,7 @@ def _steps(make, loss_of, walker, *, edit_grad=None, steps=3):
     torch.manual_seed(0)
     model = make()
     state = ft.setup(ft.Adam(0.01), model)
-    with _walker_only() if walker else _nullcontext():
+    with _walker_only() if walker else contextlib.nullcontext():
         for i in range(steps):
             x = torch.randn(8, 6, generator=torch.Generator().manual_seed(i))
             g = ft.gradient(lambda m: loss_of(m, x), model)[0]
@@ -408,7 +401,7 @@ def _train_run(make, loss, steps, *, disabled, edit=None, rule=None, grad_mode=T
     data = [(_batch(i).to(next(model.parameters()).dtype),) for i in range(steps)]
     if edit is not None:
         edit(model, state)
-    with _generic_step() if disabled else _nullcontext():
+    with _generic_step() if disabled else contextlib.nullcontext():
         with torch.enable_grad() if grad_mode else torch.no_grad():
             state, model = ft.train(loss, model, data, state, progress=False)
     return model, state
@@ -474,7 +467,7 @@ def test_train_module_step_nan_loss_stops_and_keeps_the_last_good_step():
         model = _mlp()
         state = ft.setup(ft.Adam(0.01), model)
         data = [(_batch(0),), (_batch(1) * float("nan"),), (_batch(2),)]
-        with _generic_step() if disabled else _nullcontext():
+        with _generic_step() if disabled else contextlib.nullcontext():
             with pytest.raises(DomainError, match="on data item 2") as err:
                 ft.train(_loss, model, data, state, progress=False)
         return model, err.value.state
@@ -488,7 +481,7 @@ def test_train_module_step_tied_weights_use_withgradient():
         torch.manual_seed(0)
         model = _Tied(5)
         state = ft.setup(ft.Adam(0.01), model)
-        with _generic_step() if disabled else _nullcontext():
+        with _generic_step() if disabled else contextlib.nullcontext():
             ft.train(_loss, model, [(_batch(i),) for i in range(3)], state, progress=False)
         return model, state
     (m1, s1), (m2, s2) = run(False), run(True)
@@ -515,7 +508,7 @@ def test_clipnorm_chain_zero_gradient_quietly_unclipped(recwarn):
         state = ft.setup(ft.OptimiserChain(ft.ClipNorm(0.5), ft.Adam(0.01)), model)
         g = ft.gradient(lambda m: _loss(m, _batch(0)), model)[0]
         g["0"]["weight"] = torch.zeros_like(g["0"]["weight"])
-        with fast.disabled() if disabled else _nullcontext():
+        with fast.disabled() if disabled else contextlib.nullcontext():
             ft.update_(state, model, g)
         return model
     m1, m2 = run(False), run(True)
