@@ -157,3 +157,23 @@ def test_decided_for_the_arrays_at_hand(calls):
             state, model = ft.update_(state, model, [jnp.ones(4, dtype), jnp.ones(3, dtype)])
         jax.block_until_ready(model)
         assert len(calls) == expect, dtype
+
+
+def test_arrays_split_over_devices_keep_xla(calls):
+    """An array sharded over two CPU devices (the test session has two) is not the call's:
+    XLA's program steps it, with the generic path's numbers."""
+    if len(jax.devices("cpu")) < 2:
+        pytest.skip("needs two host devices")
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    mesh = Mesh(np.array(jax.devices("cpu")[:2]), ("d",))
+    sh = NamedSharding(mesh, PartitionSpec("d"))
+
+    def run(disabled):
+        model = [jax.device_put(jnp.arange(8, dtype=jnp.float32), sh)]
+        state = ft.setup(ft.Adam(0.1), model)
+        for _ in range(3):
+            with fast.disabled() if disabled else contextlib.nullcontext():
+                state, model = ft.update_(state, model, [jax.device_put(jnp.ones(8, jnp.float32), sh)])
+        return np.asarray(jax.block_until_ready(model[0]))
+    np.testing.assert_allclose(run(False), run(True), rtol=1e-6)
+    assert not calls
