@@ -457,9 +457,7 @@ def run_numba(recipes, states, xs, gs, ks, mem: Memory, inplace: bool):
                 p1 = bt_val[id(bt[0])] = float(bt[0])
             if p2 is None:
                 p2 = bt_val[id(bt[1])] = float(bt[1])
-            r = b.row((id(sc), has_clip, p1, p2), lambda: (
-                sc["pre"] + (one - f(p1), one - f(p2)) + sc["post"][:3] + (wd,),
-                (has_clip, has_wd, sc["post"][3])))
+            r = b.row((id(sc), has_clip, p1, p2), lambda: _adam_row(sc, p1, p2, wd, has_clip, has_wd))
             # the running products advance exactly as in the generic rule (bt * T(beta));
             # arrays with equal values share the result (never mutated in place)
             k1, k2 = (p1, sc["pyb1"], type(bt[0])), (p2, sc["pyb2"], type(bt[1]))
@@ -489,6 +487,15 @@ def run_numba(recipes, states, xs, gs, ks, mem: Memory, inplace: bool):
     return out
 
 
+def _adam_row(sc: dict, p1: float, p2: float, wd, has_clip: bool, has_wd: bool) -> tuple:
+    """The Adam kernel's scalar row (``U``) and flags (``I``) for a recipe's scalars ``sc``
+    and running products ``p1``, ``p2`` before the step (corrections ``1 - p`` in the dtype)."""
+    f = sc["f"]
+    one = f(1)
+    return (sc["pre"] + (one - f(p1), one - f(p2)) + sc["post"][:3] + (wd,),
+            (has_clip, has_wd, sc["post"][3]))
+
+
 def adam_at(P: np.ndarray, N: np.ndarray, S: np.ndarray, f) -> None:
     """Flux's ``Adam`` step on raw memory, in place: ``P[j] = (x, g, m, v)`` addresses and
     ``N[j]`` elements of array ``j``, and ``S[j] = (eta, beta1, beta2, epsilon, beta1^t,
@@ -498,12 +505,8 @@ def adam_at(P: np.ndarray, N: np.ndarray, S: np.ndarray, f) -> None:
     The caller has checked everything: this cannot fail."""
     from ..optimise import Adam
     rows, R = np.unique(S, axis=0, return_inverse=True)
-    one = f(1)
-    U, I = [], []
-    for eta, b1, b2, eps, p1, p2 in rows.tolist():
-        _, sc, _, _, _, _ = _recipe(Adam(eta, (b1, b2), eps), f)
-        U.append(sc["pre"] + (one - f(p1), one - f(p2)) + sc["post"][:3] + (f(0),))
-        I.append((0, 0, sc["post"][3]))
+    U, I = zip(*(_adam_row(_recipe(Adam(eta, (b1, b2), eps), f)[1], p1, p2, f(0), False, False)
+                 for eta, b1, b2, eps, p1, p2 in rows.tolist()))
     _run(kernels()["adam"], P, _chunks(N), R.reshape(-1).astype(np.int64), np.array(U, dtype=f),
          np.array(I, dtype=np.int64), np.ones(len(N), dtype=f), parallel=int(N.sum()) >= PARALLEL_MIN)
 
