@@ -267,7 +267,7 @@ class _Plan:
     """
 
     def __init__(self, spec: _Spec, treedef, idx: tuple, leaves: list, inplace: bool, share: bool,
-                 ffi: bool = False) -> None:
+                 ffi: bool, zero: tuple) -> None:
         self.spec, self.treedef, self.inplace = spec, treedef, inplace
         self.key: tuple | None = None  # set by _plan
         states_td = treedef.children()[0]
@@ -296,7 +296,7 @@ class _Plan:
         for s in self.slot:
             count[s] += 1
         rep_pos = list(slot_of_rep)
-        self.zero_leaves = tuple(np.ndim(a) == 0 for a in leaves)
+        self.zero_leaves = zero  # which leaves are 0-d (part of the plan's key)
         self.zero_d = tuple(self.zero_leaves[p] for p in rep_pos)
         # donate a buffer only if it is read exactly once, as a state or parameter (never
         # as a gradient), and is not 0-d (shared 0-d state may be held by other Leafs);
@@ -492,7 +492,7 @@ def _plan(spec, treedef, leaves, inplace, share, ffi=False):
     key = (spec, treedef, idx, inplace, share, ffi, zero)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _Plan(spec, treedef, idx, leaves, inplace, share, ffi)
+        plan = _Plan(spec, treedef, idx, leaves, inplace, share, ffi, zero)
         plan.key = key
         if len(_PLANS) >= _PLANS_MAX:
             del _PLANS[next(iter(_PLANS))]
