@@ -1,7 +1,8 @@
-"""Adam on the CPU by one custom call into the numba kernels (``fluxtrain._backend.fast_jax_ffi``):
-taken where it applies, in place, equal to the generic path up to rounding, per-array
-scalars (rules, running products) kept apart, and an error inside it reported, never a
-silent success."""
+"""Adam, AdamW, Momentum, Lion and their ClipNorm/WeightDecay chains on the CPU by one custom
+call into the numba kernels (``fluxtrain._backend.fast_jax_ffi``): taken where it applies,
+in place, equal to the generic path up to rounding, per-array scalars (rules, running
+products, clip scales) kept apart, and an error inside it reported, never a silent
+success."""
 from __future__ import annotations
 
 import contextlib
@@ -30,13 +31,13 @@ def small_groups_too(monkeypatch):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """The custom calls that ran (each step of a group is one)."""
+    """The kernels of the custom calls that ran (each step of a group is one)."""
     seen = []
     real = fast_jax_ffi._step
 
-    def counting(frame):
-        seen.append(frame.args.size)
-        return real(frame)
+    def counting(frame, kind):
+        seen.append(kind)
+        return real(frame, kind)
     monkeypatch.setattr(fast_jax_ffi, "_step", counting)
     return seen
 
@@ -71,12 +72,31 @@ def _states(state):
     return [leaf.state for leaf in state]
 
 
+RULES = {
+    "Adam": (ft.Adam(1e-2), "adam"),
+    "AdamW": (ft.AdamW(1e-2, lambda_=0.1), "adam"),
+    "AdamW(couple=false)": (ft.AdamW(1e-2, lambda_=0.1, couple=False), "adam"),
+    "Momentum": (ft.Momentum(0.05, 0.8), "momentum"),
+    "Lion": (ft.Lion(1e-2), "lion"),
+    # clipping active on some arrays (norms above 1.5) and not on others; throw=True takes
+    # the route's pre-checked norms, throw=False computes them in the step
+    "Chain(ClipNorm,WeightDecay,Adam)": (ft.OptimiserChain(ft.ClipNorm(1.5), ft.WeightDecay(0.1), ft.Adam(1e-2)),
+                                         "adam"),
+    "Chain(ClipNorm(throw=false),Momentum)": (ft.OptimiserChain(ft.ClipNorm(1.5, throw=False), ft.Momentum()),
+                                              "momentum"),
+    "Chain(WeightDecay,Lion)": (ft.OptimiserChain(ft.WeightDecay(0.1), ft.Lion(1e-2)), "lion"),
+    "Chain(ClipNorm,AdamW)": (ft.OptimiserChain(ft.ClipNorm(1.5), ft.AdamW(1e-2, lambda_=0.1)), "adam"),
+}
+
+
 @pytest.mark.parametrize("pure", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_adam_equals_the_generic_path(dtype, pure, calls):
-    s1, m1 = _run(ft.Adam(1e-2), dtype, 4, pure=pure)
-    assert len(calls) == 4  # one call a step for the whole group
-    s2, m2 = _run(ft.Adam(1e-2), dtype, 4, disabled=True, pure=pure)
+@pytest.mark.parametrize("name", list(RULES))
+def test_equals_the_generic_path(name, dtype, pure, calls):
+    rule, kind = RULES[name]
+    s1, m1 = _run(rule, dtype, 4, pure=pure)
+    assert calls == [kind] * 4  # one call a step for the whole group
+    s2, m2 = _run(rule, dtype, 4, disabled=True, pure=pure)
     _close(m1, m2, dtype)
     _close(_states(s1), _states(s2), dtype)
 
@@ -95,13 +115,32 @@ def test_rules_and_running_products_per_array(calls):
     assert float(s1[3].state[2][0]) != float(s1[0].state[2][0])
 
 
-def test_scheduled_adam_takes_it(calls):
-    rule = ft.Scheduler(ft.Adam, eta=ft.CosAnneal(l0=1e-2, l1=1e-4, period=3))
+@pytest.mark.parametrize("rule, kind", [
+    (ft.Scheduler(ft.Adam, eta=ft.CosAnneal(l0=1e-2, l1=1e-4, period=3)), "adam"),
+    (ft.Scheduler(ft.Momentum, eta=ft.Exp(0.1, 0.5)), "momentum"),
+    (ft.Scheduler(ft.AdamW, eta=ft.Exp(1e-2, 0.5), lambda_=ft.Exp(0.1, 0.5)), "adam"),
+    (ft.Scheduler(ft.Lion, eta=ft.Step(1e-2, 0.5, 2)), "lion"),
+])
+def test_scheduled_rules_take_it(rule, kind, calls):
     s1, m1 = _run(rule, "float32", 4)
-    assert len(calls) == 4
+    assert calls == [kind] * 4
     s2, m2 = _run(rule, "float32", 4, disabled=True)
     _close(m1, m2, "float32")
     _close(_states(s1), _states(s2), "float32")
+
+
+def test_a_refused_norm_raises_before_any_write(calls):
+    """ClipNorm(throw=True) with an infinite gradient: Flux's DomainError, the model and
+    the state as they were (the pre-check runs before the call)."""
+    model = [jnp.ones(5, jnp.float32), jnp.ones(3, jnp.float32)]
+    state = ft.setup(ft.OptimiserChain(ft.ClipNorm(), ft.Adam()), model)
+    state, model = ft.update_(state, model, [jnp.ones(5, jnp.float32), jnp.ones(3, jnp.float32)])
+    before = [np.asarray(a).copy() for a in jax.tree.leaves((_states(state), model))]
+    with pytest.raises(ft.DomainError):
+        ft.update_(state, model, [jnp.ones(5, jnp.float32), jnp.full(3, jnp.inf, jnp.float32)])
+    after = [np.asarray(a) for a in jax.tree.leaves((_states(state), model))]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert calls == ["adam"]
 
 
 def test_in_place(calls):
@@ -115,15 +154,24 @@ def test_in_place(calls):
 
 
 def test_other_rules_and_chains_keep_xla(calls):
-    for rule in (ft.AdamW(1e-2), ft.Momentum(), ft.OptimiserChain(ft.WeightDecay(), ft.Adam())):
+    """Rules the kernels do not step, chains of other shapes, and a group mixing kernels."""
+    for rule in (ft.RMSProp(), ft.Nesterov(), ft.OptimiserChain(ft.Adam(), ft.WeightDecay()),
+                 ft.OptimiserChain(ft.ClipGrad(), ft.Adam()), ft.OptimiserChain(ft.ClipNorm(1.0, 1), ft.Adam()),
+                 ft.OptimiserChain(ft.WeightDecay(), ft.ClipNorm(), ft.Adam())):
         _run(rule, "float32", 2)
+    assert not calls
+    model = [jnp.ones(5, jnp.float32), jnp.ones(3, jnp.float32)]
+    state = ft.setup(ft.OptimiserChain(ft.WeightDecay(), ft.Adam()), model)
+    state[1] = ft.setup(ft.OptimiserChain(ft.WeightDecay(), ft.Momentum()), model[1])
+    state, model = ft.update_(state, model, [jnp.ones(5, jnp.float32), jnp.ones(3, jnp.float32)])
+    jax.block_until_ready(model)
     assert not calls
 
 
 def test_an_error_inside_is_raised(monkeypatch):
     """A failure in the handler reaches the caller as an error (XLA's), never as a step
     that silently did nothing."""
-    def boom(frame):
+    def boom(frame, kind):
         raise RuntimeError("kernel failed")
     monkeypatch.setattr(fast_jax_ffi, "_step", boom)
     model = [jnp.ones(5, jnp.float32)]
@@ -136,7 +184,9 @@ def test_an_error_inside_is_raised(monkeypatch):
 def test_where_it_applies(monkeypatch):
     assert fast_jax_ffi.usable((ft.Adam(),), [jnp.ones(3)])
     assert not fast_jax_ffi.usable((ft.Adam(),), [jnp.ones(3, jnp.bfloat16)])
-    assert not fast_jax_ffi.usable((ft.AdamW(),), [jnp.ones(3)])
+    assert fast_jax_ffi.usable((ft.AdamW(), ft.Adam(0.1)), [jnp.ones(3)])
+    assert not fast_jax_ffi.usable((ft.RMSProp(),), [jnp.ones(3)])
+    assert not fast_jax_ffi.usable((ft.Adam(), ft.Momentum()), [jnp.ones(3)])
     monkeypatch.setattr(fast_jax_ffi, "MIN_ELEMENTS", 10)
     assert not fast_jax_ffi.usable((ft.Adam(),), [jnp.ones(3), jnp.ones(6)])
     assert fast_jax_ffi.usable((ft.Adam(),), [jnp.ones(3), jnp.ones(7)])

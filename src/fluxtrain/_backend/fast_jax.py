@@ -11,9 +11,11 @@ allocation, half the memory traffic). Consequence: after ``update_`` the previou
 arrays of the parameters and of the optimiser state are deleted; use the returned
 ``(state, model)`` (or the containers ``update_`` rebinds), as the contract says. ``update``
 (pure) uses the same compiled program without donation and never invalidates its inputs.
-On the CPU a group of plain ``Adam`` rules does its moments and parameters inside that
-program by one custom call into the numba kernels (:mod:`fluxtrain._backend.fast_jax_ffi`):
-XLA's own code for it takes three passes per array where the kernels take one.
+On the CPU a group of ``Adam``, ``AdamW``, ``Momentum`` or ``Lion`` rules (also behind a
+``ClipNorm``/``WeightDecay`` prefix, or scheduled) does its parameters and state arrays
+inside that program by one custom call into the numba kernels
+(:mod:`fluxtrain._backend.fast_jax_ffi`): XLA's own code for Adam takes three passes per
+array where the kernels take one.
 
 Once compiled, a step costs little more than JAX's dispatch, which is paid per input and
 per output buffer (a few microseconds each). So the program's inputs are the *distinct*
@@ -324,8 +326,9 @@ class _Plan:
         self.try_merge = nclusters > nkinds
         self.out_map: tuple | None = None
         self.out_treedef = None
-        # plain Adam on the CPU: the moments and parameters by one custom call into the
-        # numba kernels, one pass per array (fast_jax_ffi); else XLA's own program
+        # on the CPU, rules the numba kernels step (Adam, AdamW, Momentum, Lion, with a
+        # ClipNorm/WeightDecay prefix): the parameters and state arrays by one custom call,
+        # one pass per array (fast_jax_ffi); else XLA's own program
         self.ffi = ffi
         step = functools.partial(_traced, self)
         self.fn = jax.jit(step, donate_argnums=(2,)) if self.don_slots else jax.jit(step)
@@ -399,12 +402,13 @@ def _traced(plan: _Plan, hyper, norms, don, keep):
     it = iter(hyper)
     rules = [_fill(sk, it) for sk in spec.skeletons]
     firsts: dict = {}  # cluster -> the new 0-d state of its first array
-    new_states, new_xs = [], []
+    new_states, new_xs, used = [], [], []
     n = 0  # the next of the pre-checked ClipNorm norms
     for i, (j, s, x, g) in enumerate(zip(spec.which, states, xs, gs)):
         rule = rules[j]
         if norms is not None and spec.throws[i] is not None:
             rule, n = _with_norm(rule, norms[n]), n + 1
+        used.append(rule)
         st, delta = rule.apply(s, x, g)
         c = plan.cluster_of[i]
         if c is not None:
@@ -422,20 +426,12 @@ def _traced(plan: _Plan, hyper, norms, don, keep):
         new_states.append(st)
         new_xs.append(_new_x(x, delta))
     if plan.ffi:
-        # the rule's beta^t (and a Scheduler's counter) stay: its own code, shared as above;
-        # its m, v and x are replaced by the custom call's, and XLA drops the rule's own
-        # computation of them
-        at = isinstance(rules[0], fast_scheduler.AtStep)
-        inner = [s.inner for s in states] if at else states
-        if _adam_states(inner, xs):
-            bts = [s[2] for s in inner]
-            adams = [fast_jax_ffi.adam_of(rules[j]) for j in spec.which]
-            new_xs, ms, vs = fast_jax_ffi.adam(adams, xs, gs, [s[0] for s in inner], [s[1] for s in inner],
-                                               [b[0] for b in bts], [b[1] for b in bts])
-            if at:
-                new_states = [SchedulerState(st.t, (m, v, st.inner[2])) for m, v, st in zip(ms, vs, new_states)]
-            else:
-                new_states = [(m, v, st[2]) for m, v, st in zip(ms, vs, new_states)]
+        # the rules' 0-d state (beta^t, a Scheduler's counter) stays theirs, shared as
+        # above; the parameters and state arrays are replaced by the custom call's, and XLA
+        # drops the rules' own computation of them
+        res = fast_jax_ffi.step(used, states, new_states, xs, gs)
+        if res is not None:
+            new_xs, new_states = res
     # each distinct output once; an untouched, undonated input comes back as itself
     leaves, out_td = jax.tree.flatten((new_states, new_xs))
     kept = {id(a): k for k, a in enumerate(keep)}
@@ -459,16 +455,6 @@ def _traced(plan: _Plan, hyper, norms, don, keep):
     elif plan.out_map != out_map or plan.out_treedef != out_td:
         raise _Mismatch  # a retrace (new shapes) that would return a different layout
     return outs
-
-
-def _adam_states(states: list, xs: list) -> bool:
-    """Are these Adam's ``(m, v, (beta1^t, beta2^t))``, moments like their parameters?"""
-    for s, x in zip(states, xs):
-        if not (type(s) is tuple and len(s) == 3 and type(s[2]) is tuple and len(s[2]) == 2
-                and all(a.shape == x.shape and a.dtype == x.dtype for a in s[:2])
-                and all(jnp.ndim(b) == 0 for b in s[2])):
-            return False
-    return True
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -701,7 +687,7 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
         leaves, treedef = jax.tree.flatten((states, xs, gs))
         # (decided for the arrays at hand: a plan's program is reused for other dtypes and
         # devices of the same structure, where the custom call may not apply)
-        ffi = norms is None and fast_jax_ffi.usable(spec.skeletons, xs)
+        ffi = fast_jax_ffi.usable(spec.skeletons, xs)
         key, plan = _plan(spec, treedef, leaves, inplace, store, ffi)
         if plan.try_merge:
             if _merge(plan, leaves):

@@ -1,20 +1,24 @@
-"""JAX on the CPU: Flux's ``Adam`` step as one custom call into the numba kernels.
+"""JAX on the CPU: an ``Adam``, ``AdamW``, ``Momentum`` or ``Lion`` step (alone, behind a
+``ClipNorm``/``WeightDecay`` prefix, or a ``Scheduler``'s) as one custom call into the numba kernels.
 
 XLA:CPU compiles an Adam step (the route's and optax's alike) as three loops per array:
-``m``, ``v``, then ``x`` reading both back, since it forms no multi-output fusion there. The
-numba kernels of :mod:`fluxtrain._backend.fast_numpy` do the step in one pass over each
-array, on all cores. Here a compiled group step hands its arrays to them through XLA's
-typed FFI (the handler is a ``ctypes`` callback; the call frame's structures are declared
-below): ``x``, ``m`` and ``v`` are donated by the step and aliased to the call's results,
-so the kernels write them in place. The running products ``beta^t`` stay in the traced
-program (the rule's own code advances them), which also keeps the outputs' layout and
-the store's sharing as they are without the call.
+``m``, ``v``, then ``x`` reading both back, since it forms no multi-output fusion there
+(Momentum and Lion: two). The numba kernels of :mod:`fluxtrain._backend.fast_numpy` do
+the step in one pass over each array, on all cores. Here a compiled group step hands its
+arrays to them through XLA's typed FFI (the handler is a ``ctypes`` callback; the call
+frame's structures are declared below): the parameters and state arrays are donated by
+the step and aliased to the call's results, so the kernels write them in place. What is
+not an array's elementwise pass stays in the traced program: the running products
+``beta^t`` (the rule's own code advances them, which also keeps the outputs' layout and
+the store's sharing as they are without the call), a Scheduler's counter, and
+``ClipNorm``'s scale (from the norm the route's pre-check computed, or computed there).
 
-Only where nothing can go wrong inside the call: a group of plain ``Adam`` rules (or a
-``Scheduler``'s ``Adam`` of the step), float32 or float64 parameters on the CPU, numba
-installed, and not turned off with ``FLUXTRAIN_JAX_CUSTOM_CALL=0``. The handler reads buffer addresses and
-sizes in one compiled pass (no Python object per array) and builds the kernel's tables
-with NumPy; an unexpected failure is reported to XLA as an error, never as success.
+Only where nothing can go wrong inside the call: a group whose rules all take one kernel
+(``fast_numpy``'s recipes), float32 or float64 parameters on one CPU device, numba
+installed, and not turned off with ``FLUXTRAIN_JAX_CUSTOM_CALL=0``. The handler reads
+buffer addresses and sizes in one compiled pass (no Python object per array), checks them,
+and builds the kernel's tables with NumPy; an unexpected failure is reported to XLA as an
+error, never as success.
 """
 from __future__ import annotations
 
@@ -28,9 +32,9 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from ..optimise import AdamW, OptimiserChain
 from . import fast_numpy
 
-TARGET = "fluxtrain_adam"
 _F32, _F64 = 11, 12  # XLA_FFI_DataType
 _EXECUTE = 3  # XLA_FFI_ExecutionStage
 _METADATA = 1  # XLA_FFI_Extension_Type
@@ -133,51 +137,84 @@ def _readers():
     return r
 
 
-def _step(frame) -> None:
-    """Arguments ``x``, ``g``, ``m``, ``v`` (K each), then ``S`` (K x 6: ``eta``, ``beta1``,
-    ``beta2``, ``epsilon``, ``beta1^t``, ``beta2^t`` per array); results ``x``, ``m``, ``v``
-    (K each), each aliased to its argument."""
+_NSTATE = {"adam": 2, "momentum": 1, "lion": 1}  # state arrays per parameter
+TARGETS = {kind: "fluxtrain_" + kind for kind in _NSTATE}
+
+# the per-array scalar table S (one row per array, in the arrays' dtype): what the handler
+# needs to rebuild each array's rule and kernel row, then its clip scale
+_COLS = ("eta", "beta1", "beta2", "epsilon", "lambda", "mode", "decay", "has_decay", "has_clip",
+         "beta1^t", "beta2^t", "scale")
+_W = len(_COLS)
+
+
+def _step(frame, kind: str) -> None:
+    """Arguments: ``x``, ``g``, then the state arrays (``m``, ``v`` for Adam's kind, ``s`` or
+    ``v`` for the others), K of each, then ``S`` (K x ``_W``, see ``_COLS``); results ``x``
+    and the state arrays, each aliased to its argument."""
     buffers = _readers()
-    n = frame.args.size
-    k = (n - 1) // 4
+    n, ns = frame.args.size, _NSTATE[kind]
+    k = (n - 1) // (2 + ns)
     dt, data, sizes = buffers(np.ctypeslib.as_array(frame.args.items, shape=(n,)))
     # what the kernels will write through these addresses must be what they are
-    if (n != 4 * k + 1 or dt[0] not in (_F32, _F64) or not (dt == dt[0]).all() or sizes[4 * k] != 6 * k
-            or not all(np.array_equal(sizes[:k], sizes[j * k:(j + 1) * k]) for j in (1, 2, 3))):
-        raise TypeError("fluxtrain_adam: unexpected arguments (dtypes, sizes or count)")
+    if (n != (2 + ns) * k + 1 or dt[0] not in (_F32, _F64) or not (dt == dt[0]).all() or sizes[n - 1] != _W * k
+            or not all(np.array_equal(sizes[:k], sizes[j * k:(j + 1) * k]) for j in range(1, 2 + ns))):
+        raise TypeError(f"{TARGETS[kind]}: unexpected arguments (dtypes, sizes or count)")
     f = np.float32 if dt[0] == _F32 else np.float64
     _, out, _ = buffers(np.ctypeslib.as_array(frame.rets.items, shape=(frame.rets.size,)))
     # results aliased to their arguments: XLA passes the same buffers (copying an argument
     # first where it must survive the call), so the kernels write the results in place
-    if not (np.array_equal(out[:k], data[:k]) and np.array_equal(out[k:], data[2 * k:4 * k])):
-        raise RuntimeError("fluxtrain_adam: results not aliased to their arguments")
-    P = np.stack([data[:k], data[k:2 * k], data[2 * k:3 * k], data[3 * k:4 * k]], axis=1)
-    S = np.ctypeslib.as_array(ctypes.cast(int(data[4 * k]), ctypes.POINTER(np.ctypeslib.as_ctypes_type(f))),
-                              shape=(k, 6)).copy()
-    fast_numpy.adam_at(P, sizes[:k].copy(), S, f)
+    if not (np.array_equal(out[:k], data[:k]) and np.array_equal(out[k:], data[2 * k:n - 1])):
+        raise RuntimeError(f"{TARGETS[kind]}: results not aliased to their arguments")
+    P = data[:n - 1].reshape(2 + ns, k).T.copy()
+    S = np.ctypeslib.as_array(ctypes.cast(int(data[n - 1]), ctypes.POINTER(np.ctypeslib.as_ctypes_type(f))),
+                              shape=(k, _W))
+    if k and (S[:, :-1] == S[0, :-1]).all():  # one rule and one beta^t for all (the usual case)
+        keys, R = S[:1, :-1], np.zeros(k, np.int64)
+    else:
+        keys, R = np.unique(S[:, :-1], axis=0, return_inverse=True)
+    rows = [_kernel_row(kind, row, f) for row in keys.tolist()]
+    fast_numpy.run_at(kind, P, sizes[:k].copy(), R.reshape(-1).astype(np.int64), rows, S[:, -1].copy(), f)
 
 
-def _handler(fp):
-    try:
-        frame = fp.contents
-        ext = frame.extension_start
-        if ext and ext.contents.type == _METADATA:  # XLA asks the handler's API version once
-            md = ctypes.cast(ext, ctypes.POINTER(_MetadataExt)).contents.metadata.contents
-            md.api_version.major = frame.api.contents.api_version.major
-            md.api_version.minor = frame.api.contents.api_version.minor
-            md.traits = 0
-            return None
-        if frame.stage != _EXECUTE:
-            return None
-        _step(frame)
-        return None
-    except BaseException:  # noqa: BLE001 - reported to XLA, which raises it in the caller
-        msg = traceback.format_exc().encode("utf-8", "replace")
+def _kernel_row(kind: str, row: list, f) -> tuple:
+    """The kernel's scalar row for one row of ``S`` (less its scale): the rule it describes,
+    analysed by ``fast_numpy`` as for NumPy's arrays, so both paths share one recipe."""
+    from ..optimise import Adam, AdamW, ClipNorm, Lion, Momentum, OptimiserChain, WeightDecay
+    eta, b1, b2, eps, lam, mode, decay, has_decay, has_clip, p1, p2 = row
+    if kind == "adam":
+        base = Adam(eta, (b1, b2), eps) if mode == 0 else AdamW(eta, (b1, b2), lam, eps, couple=mode == 1)
+    elif kind == "momentum":
+        base = Momentum(eta, b1)
+    else:
+        base = Lion(eta, (b1, b2))
+    pre = [ClipNorm()] * bool(has_clip) + [WeightDecay(decay)] * bool(has_decay)
+    _, sc, _, wd, _, _ = fast_numpy._recipe(OptimiserChain(*pre, base) if pre else base, f)
+    return fast_numpy.kernel_row(kind, sc, p1, p2, wd, bool(has_clip), bool(has_decay))
+
+
+def _handler(kind: str):
+    def handle(fp):
         try:
-            args = _ErrorArgs(ctypes.sizeof(_ErrorArgs), None, msg, 13)  # INTERNAL
-            return frame.api.contents.error_create(ctypes.byref(args))
-        except BaseException:  # noqa: BLE001
+            frame = fp.contents
+            ext = frame.extension_start
+            if ext and ext.contents.type == _METADATA:  # XLA asks the handler's API version once
+                md = ctypes.cast(ext, ctypes.POINTER(_MetadataExt)).contents.metadata.contents
+                md.api_version.major = frame.api.contents.api_version.major
+                md.api_version.minor = frame.api.contents.api_version.minor
+                md.traits = 0
+                return None
+            if frame.stage != _EXECUTE:
+                return None
+            _step(frame, kind)
             return None
+        except BaseException:  # noqa: BLE001 - reported to XLA, which raises it in the caller
+            msg = traceback.format_exc().encode("utf-8", "replace")
+            try:
+                args = _ErrorArgs(ctypes.sizeof(_ErrorArgs), None, msg, 13)  # INTERNAL
+                return frame.api.contents.error_create(ctypes.byref(args))
+            except BaseException:  # noqa: BLE001
+                return None
+    return _HANDLER_TYPE(handle)
 
 
 def _register() -> bool:
@@ -189,24 +226,51 @@ def _register() -> bool:
         if fast_numpy.kernels() is None:
             raise ImportError("numba")
         _readers()
-        h = _HANDLER_TYPE(_handler)
-        jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(ctypes.cast(h, ctypes.c_void_p).value), platform="cpu")
-        _STATE["handler"] = h
+        hs = {kind: _handler(kind) for kind in TARGETS}
+        for kind, h in hs.items():
+            jax.ffi.register_ffi_target(TARGETS[kind], jax.ffi.pycapsule(ctypes.cast(h, ctypes.c_void_p).value),
+                                        platform="cpu")
+        _STATE["handler"] = hs
     except Exception:  # noqa: BLE001 - no numba, or a jax without the typed FFI: XLA's own step
         _STATE["handler"] = None
     return _STATE["handler"] is not None
 
 
 MIN_ELEMENTS = 1 << 21
-"""Groups with fewer elements in all keep XLA's program. Its three passes cost little while
-a group's arrays stay in the caches, and the call has a fixed cost (~90 us of Python in
+"""Groups with fewer elements in all keep XLA's program. Its passes cost little while a
+group's arrays stay in the caches, and the call has a fixed cost (~90 us of Python in
 the handler). Adam, 6 arrays, blocked steps on 2 cores: 0.1 M elements 500 against 233 us
 (XLA), 1 M 1.16 against 1.05 ms, 2 M 1.6 against 5.4 ms, 10 M 8.9 against 14.7 ms."""
 
 
+def _parts(rule):
+    """``(kind, base, clip, decay)`` of a rule the kernels step (a Scheduler's rule of the
+    step is its rule), or None."""
+    from .fast_scheduler import AtStep
+    if type(rule) is AtStep:
+        rule = rule.rule
+    info = fast_numpy._base_and_prefix(rule)
+    if info is None:
+        return None
+    base, clip, decay = info
+    kind = _kinds().get(type(base))
+    return None if kind is None else (kind, base, clip, decay)
+
+
+def _kinds() -> dict:
+    from ..optimise import Adam, AdamW, Lion, Momentum
+    return {Adam: "adam", AdamW: "adam", Momentum: "momentum", Lion: "lion"}
+
+
+def kind_of(skeletons: tuple) -> str | None:
+    """The kernel every one of these rule skeletons steps with, or None."""
+    kinds = {p[0] if p is not None else None for p in map(_parts, skeletons)}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 def usable(skeletons: tuple, xs: list) -> bool:
     """Can a group of these rule skeletons on the arrays ``xs`` take the custom call?"""
-    if not all(adam_of(sk) is not None for sk in skeletons):
+    if kind_of(skeletons) is None:
         return False
     x0 = xs[0]
     if sum(x.size for x in xs) < MIN_ELEMENTS:
@@ -223,24 +287,65 @@ def usable(skeletons: tuple, xs: list) -> bool:
     return _register()
 
 
-def adam_of(rule):
-    """The plain ``Adam`` a rule skeleton steps with (itself, or a Scheduler's rule of the
-    step), or None."""
-    from ..optimise import Adam
+def _base_state(rule, st):
+    """The state of ``rule``'s kernel rule within ``st`` (a Scheduler's inner state, a
+    chain's last member)."""
     from .fast_scheduler import AtStep
     if type(rule) is AtStep:
-        rule = rule.rule
-    return rule if type(rule) is Adam else None
+        return _base_state(rule.rule, st.inner)
+    return st[-1] if isinstance(rule, OptimiserChain) else st
 
 
-def adam(rules: list, xs: list, gs: list, ms: list, vs: list, bt1: list, bt2: list):
-    """Traced: ``(xs, ms, vs)`` after Flux's Adam step of each array with its rule (plain
-    ``Adam``s, hyper-parameters traced or not), by one custom call."""
-    k = len(xs)
+def _with_base(rule, st, new):
+    """``st`` with the state of ``rule``'s kernel rule replaced by ``new``."""
+    from .fast_scheduler import AtStep
+    if type(rule) is AtStep:
+        return type(st)(st.t, _with_base(rule.rule, st.inner, new))
+    return st[:-1] + (new,) if isinstance(rule, OptimiserChain) else new
+
+
+def step(rules: list, states: list, new_states: list, xs: list, gs: list):
+    """Traced: ``(new_xs, new_states)`` after the step of each array ``xs[i]`` with its rule
+    ``rules[i]`` (hyper-parameters traced or not; a pre-checked ClipNorm's norm already in
+    it) from ``states[i]``, by one custom call; ``new_states`` are the rules' own (traced)
+    new states, whose arrays the call's replace. None when the states are not the
+    kernel's (then the rules' own step stands)."""
+    parts = [_parts(r) for r in rules]
+    kind = parts[0][0]
+    ns = _NSTATE[kind]
     dtype = xs[0].dtype
-    S = jnp.stack([jnp.stack([jnp.asarray(v, dtype) for v in (r.eta, r.beta[0], r.beta[1], r.epsilon, p1, p2)])
-                   for r, p1, p2 in zip(rules, bt1, bt2)])
-    shapes = [jax.ShapeDtypeStruct(a.shape, dtype) for a in (*xs, *ms, *vs)]
-    aliases = {**{i: i for i in range(k)}, **{2 * k + i: k + i for i in range(2 * k)}}
-    out = jax.ffi.ffi_call(TARGET, shapes, input_output_aliases=aliases)(*xs, *gs, *ms, *vs, S)
-    return list(out[:k]), list(out[k:2 * k]), list(out[2 * k:])
+    bases = [_base_state(r, s) for r, s in zip(rules, states)]
+    arrs = [list(b[:2]) if kind == "adam" else [b] for b in bases]
+    for a, b, x in zip(arrs, bases, xs):
+        if not all(getattr(y, "shape", None) == x.shape and getattr(y, "dtype", None) == dtype for y in a):
+            return None
+        if kind == "adam" and not (type(b[2]) is tuple and len(b[2]) == 2 and all(jnp.ndim(p) == 0 for p in b[2])):
+            return None
+
+    def row(part, b, x, g):
+        _, base, clip, decay = part
+        adam = kind == "adam"
+        mode = 2 - base.couple if isinstance(base, AdamW) else 0
+        vals = (base.eta, base.beta[0] if kind != "momentum" else base.rho,
+                base.beta[1] if kind != "momentum" else 0, base.epsilon if adam else 0,
+                base.lambda_ if mode else 0, mode, decay.lambda_ if decay is not None else 0,
+                decay is not None, clip is not None, b[2][0] if adam else 0, b[2][1] if adam else 0,
+                clip.scale(x, g) if clip is not None else 1)
+        return jnp.stack([jnp.asarray(v, dtype) for v in vals])
+
+    S = jnp.stack([row(p, b, x, g) for p, b, x, g in zip(parts, bases, xs, gs)])
+    k = len(xs)
+    flat = [a[q] for q in range(ns) for a in arrs]
+    shapes = [jax.ShapeDtypeStruct(a.shape, dtype) for a in (*xs, *flat)]
+    aliases = {**{i: i for i in range(k)}, **{2 * k + i: k + i for i in range(ns * k)}}
+    out = jax.ffi.ffi_call(TARGETS[kind], shapes, input_output_aliases=aliases)(*xs, *gs, *flat, S)
+    new_xs = list(out[:k])
+    news = [list(out[k * (1 + q):k * (2 + q)]) for q in range(ns)]
+    result = []
+    for i, (r, st) in enumerate(zip(rules, new_states)):
+        if kind == "adam":
+            new = (news[0][i], news[1][i], _base_state(r, st)[2])
+        else:
+            new = news[0][i]
+        result.append(_with_base(r, st, new))
+    return new_xs, result

@@ -457,7 +457,7 @@ def run_numba(recipes, states, xs, gs, ks, mem: Memory, inplace: bool):
                 p1 = bt_val[id(bt[0])] = float(bt[0])
             if p2 is None:
                 p2 = bt_val[id(bt[1])] = float(bt[1])
-            r = b.row((id(sc), has_clip, p1, p2), lambda: _adam_row(sc, p1, p2, wd, has_clip, has_wd))
+            r = b.row((id(sc), has_clip, p1, p2), lambda: kernel_row(kind, sc, p1, p2, wd, has_clip, has_wd))
             # the running products advance exactly as in the generic rule (bt * T(beta));
             # arrays with equal values share the result (never mutated in place)
             k1, k2 = (p1, sc["pyb1"], type(bt[0])), (p2, sc["pyb2"], type(bt[1]))
@@ -469,7 +469,7 @@ def run_numba(recipes, states, xs, gs, ks, mem: Memory, inplace: bool):
                 n2 = new_bt[k2] = bt[1] * sc["pyb2"]
             new_inner = (arrs[1], arrs[2], (n1, n2))
         else:
-            r = b.row((id(sc), has_clip), lambda: (sc["post"] + (wd,), (has_clip, has_wd, 0)))
+            r = b.row((id(sc), has_clip), lambda: kernel_row(kind, sc, 0.0, 0.0, wd, has_clip, has_wd))
             new_inner = arrs[1]
         b.ptrs.extend(ptrs)
         b.sizes.append(size(x))
@@ -487,28 +487,27 @@ def run_numba(recipes, states, xs, gs, ks, mem: Memory, inplace: bool):
     return out
 
 
-def _adam_row(sc: dict, p1: float, p2: float, wd, has_clip: bool, has_wd: bool) -> tuple:
-    """The Adam kernel's scalar row (``U``) and flags (``I``) for a recipe's scalars ``sc``
-    and running products ``p1``, ``p2`` before the step (corrections ``1 - p`` in the dtype)."""
+def kernel_row(kind: str, sc: dict, p1: float, p2: float, wd, has_clip: bool, has_wd: bool) -> tuple:
+    """A kernel's scalar row (``U``) and flags (``I``) for a recipe's scalars ``sc`` (see
+    ``_recipe``), and for Adam's kind the running products ``p1``, ``p2`` before the step
+    (its corrections ``1 - p`` in the dtype; ignored by the other kinds)."""
+    if kind != "adam":
+        return sc["post"] + (wd,), (has_clip, has_wd, 0)
     f = sc["f"]
     one = f(1)
     return (sc["pre"] + (one - f(p1), one - f(p2)) + sc["post"][:3] + (wd,),
             (has_clip, has_wd, sc["post"][3]))
 
 
-def adam_at(P: np.ndarray, N: np.ndarray, S: np.ndarray, f) -> None:
-    """Flux's ``Adam`` step on raw memory, in place: ``P[j] = (x, g, m, v)`` addresses and
-    ``N[j]`` elements of array ``j``, and ``S[j] = (eta, beta1, beta2, epsilon, beta1^t,
-    beta2^t)`` (the running products before the step), in the arrays' float type ``f``.
-    For buffers that are no library's arrays (JAX's custom call, ``fast_jax_ffi``): the
-    tables are made without a Python step per array, one scalar row per distinct ``S`` row.
-    The caller has checked everything: this cannot fail."""
-    from ..optimise import Adam
-    rows, R = np.unique(S, axis=0, return_inverse=True)
-    U, I = zip(*(_adam_row(_recipe(Adam(eta, (b1, b2), eps), f)[1], p1, p2, f(0), False, False)
-                 for eta, b1, b2, eps, p1, p2 in rows.tolist()))
-    _run(kernels()["adam"], P, _chunks(N), R.reshape(-1).astype(np.int64), np.array(U, dtype=f),
-         np.array(I, dtype=np.int64), np.ones(len(N), dtype=f), parallel=int(N.sum()) >= PARALLEL_MIN)
+def run_at(kind: str, P: np.ndarray, N: np.ndarray, R: np.ndarray, rows: list, C: np.ndarray, f) -> None:
+    """A kernel of ``kind`` on raw memory, in place: ``P[j]`` the addresses of array ``j``'s
+    parameter, gradient and state buffers, ``N[j]`` its elements, ``R[j]`` its index in
+    ``rows`` (``kernel_row``'s results) and ``C[j]`` its clip scale, in the arrays' float
+    type ``f``. For buffers that are no library's arrays (JAX's custom call,
+    ``fast_jax_ffi``). The caller has checked everything: this cannot fail."""
+    U, I = zip(*rows)
+    _run(kernels()[kind], P, _chunks(N), R, np.array(U, dtype=f), np.array(I, dtype=np.int64), C,
+         parallel=int(N.sum()) >= PARALLEL_MIN)
 
 
 def _np_dense(a) -> bool:
