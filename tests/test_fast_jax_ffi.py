@@ -115,6 +115,31 @@ def test_rules_and_running_products_per_array(calls):
     assert float(s1[3].state[2][0]) != float(s1[0].state[2][0])
 
 
+def test_chains_of_other_shapes_and_clips_per_array(calls):
+    """One group of chains with a ClipNorm of another omega, and a chain with no ClipNorm:
+    one call, each array with its own clip scale and prefix."""
+    def adjust(state):
+        ft.adjust_(state[2], omega=0.5)
+        state[3] = ft.setup(ft.OptimiserChain(ft.WeightDecay(0.2), ft.Adam(1e-2)), jnp.zeros(SHAPES[3], jnp.float32))
+    rule = ft.OptimiserChain(ft.ClipNorm(1.5), ft.WeightDecay(0.1), ft.Adam(1e-2))
+
+    def run(disabled):
+        model = _model("float32")
+        state = ft.setup(rule, model)
+        adjust(state)
+        rng = np.random.default_rng(1)
+        for _ in range(3):
+            g = [jnp.asarray(rng.standard_normal(s).astype("float32")) for s in SHAPES]
+            with fast.disabled() if disabled else contextlib.nullcontext():
+                state, model = ft.update_(state, model, g)
+        return _states(state), jax.block_until_ready(model)
+    s1, m1 = run(False)
+    assert calls == ["adam"] * 3
+    s2, m2 = run(True)
+    _close(m1, m2, "float32")
+    _close(s1, s2, "float32")
+
+
 @pytest.mark.parametrize("rule, kind", [
     (ft.Scheduler(ft.Adam, eta=ft.CosAnneal(l0=1e-2, l1=1e-4, period=3)), "adam"),
     (ft.Scheduler(ft.Momentum, eta=ft.Exp(0.1, 0.5)), "momentum"),

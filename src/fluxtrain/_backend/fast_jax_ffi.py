@@ -304,6 +304,39 @@ def _with_base(rule, st, new):
     return st[:-1] + (new,) if isinstance(rule, OptimiserChain) else new
 
 
+def _table(kind: str, parts: list, bases: list, xs: list, gs: list, dtype):
+    """Traced: the scalar table ``S`` (see ``_COLS``), built by column, so that the program
+    has a few operations for it rather than a few per array (each costs XLA a thunk,
+    ~1-2 us): a value all arrays share (one rule's traced hyper-parameter, the shared
+    ``beta^t``) is broadcast, and clip scales come from one vector of norms."""
+    adam = kind == "adam"
+    rows = []
+    for (_, base, clip, decay), b in zip(parts, bases):
+        mode = 2 - base.couple if isinstance(base, AdamW) else 0
+        rows.append((base.eta, base.rho if kind == "momentum" else base.beta[0],
+                     0 if kind == "momentum" else base.beta[1], base.epsilon if adam else 0,
+                     base.lambda_ if mode else 0, mode, decay.lambda_ if decay is not None else 0,
+                     decay is not None, clip is not None, b[2][0] if adam else 0, b[2][1] if adam else 0))
+    k = len(rows)
+    cols = []
+    for c in range(_W - 1):
+        first = rows[0][c]
+        if all(r[c] is first for r in rows):
+            cols.append(jnp.broadcast_to(jnp.asarray(first, dtype), (k,)))
+        else:
+            cols.append(jnp.stack([jnp.asarray(r[c], dtype) for r in rows]))
+    clips = [p[2] for p in parts]
+    if all(c is None for c in clips):
+        cols.append(jnp.ones((k,), dtype))
+    elif all(c is not None and c.omega is clips[0].omega for c in clips):
+        # ClipNorm.scale is elementwise in the norm: one vector for all (its checks are eager)
+        cols.append(clips[0].scale(xs[0], None, jnp.stack([c.norm(g) for c, g in zip(clips, gs)])))
+    else:
+        cols.append(jnp.stack([c.scale(x, g) if c is not None else jnp.ones((), dtype)
+                               for c, x, g in zip(clips, xs, gs)]))
+    return jnp.stack(cols, axis=1)
+
+
 def step(rules: list, states: list, new_states: list, xs: list, gs: list):
     """Traced: ``(new_xs, new_states)`` after the step of each array ``xs[i]`` with its rule
     ``rules[i]`` (hyper-parameters traced or not; a pre-checked ClipNorm's norm already in
@@ -322,18 +355,7 @@ def step(rules: list, states: list, new_states: list, xs: list, gs: list):
         if kind == "adam" and not (type(b[2]) is tuple and len(b[2]) == 2 and all(jnp.ndim(p) == 0 for p in b[2])):
             return None
 
-    def row(part, b, x, g):
-        _, base, clip, decay = part
-        adam = kind == "adam"
-        mode = 2 - base.couple if isinstance(base, AdamW) else 0
-        vals = (base.eta, base.beta[0] if kind != "momentum" else base.rho,
-                base.beta[1] if kind != "momentum" else 0, base.epsilon if adam else 0,
-                base.lambda_ if mode else 0, mode, decay.lambda_ if decay is not None else 0,
-                decay is not None, clip is not None, b[2][0] if adam else 0, b[2][1] if adam else 0,
-                clip.scale(x, g) if clip is not None else 1)
-        return jnp.stack([jnp.asarray(v, dtype) for v in vals])
-
-    S = jnp.stack([row(p, b, x, g) for p, b, x, g in zip(parts, bases, xs, gs)])
+    S = _table(kind, parts, bases, xs, gs, dtype)
     k = len(xs)
     flat = [a[q] for q in range(ns) for a in arrs]
     shapes = [jax.ShapeDtypeStruct(a.shape, dtype) for a in (*xs, *flat)]
