@@ -60,6 +60,14 @@ def _supported(xs) -> bool:
 _IS_CPU, _DTYPE, _SHAPE = operator.attrgetter("is_cpu"), operator.attrgetter("dtype"), operator.attrgetter("shape")
 
 
+_CONTIGUOUS, _NEG = operator.methodcaller("is_contiguous"), operator.methodcaller("is_neg")
+
+
+def _all_dense(ts: list) -> bool:
+    """Are all these tensors contiguous, without a lazy negation bit (on any device)?"""
+    return all(map(_CONTIGUOUS, ts)) and not any(map(_NEG, ts))
+
+
 def _all_like(arrs, shapes: list, dtype, cpu: bool, dev) -> bool:
     """Is every ``arrs[i]`` a tensor of shape ``shapes[i]`` (the parameters'), of ``dtype``,
     on the group's device? Each test runs over the whole list at once (``is_cpu`` first: it
@@ -265,6 +273,10 @@ def _adam_fused(rules, states, xs, gs, inplace):
     shapes = list(map(_SHAPE, xs))
     if not (_all_like(ms, shapes, dtype, cpu, dev) and _all_like(vs, shapes, dtype, cpu, dev)):
         return NotImplemented
+    # the fused kernels walk raw memory as if dense: a strided or lazily negated parameter
+    # or moment goes to the numba route (which has its own rules) or the generic path
+    if not (_all_dense(xs) and _all_dense(ms) and _all_dense(vs)):
+        return NotImplemented
     b10, b20 = bt1[0], bt2[0]
     shared = all(map(operator.is_, bt1, itertools.repeat(b10, n))) and all(map(operator.is_, bt2, itertools.repeat(b20, n)))
     uniq = {id(b10): b10, id(b20): b20} if shared else {id(b): b for b in bt1 + bt2}
@@ -295,6 +307,8 @@ def _adam_fused(rules, states, xs, gs, inplace):
         if cut:
             for (i, _), g in zip(cut, torch._foreach_mul([gs[i] for i, _ in cut], [l for _, l in cut])):
                 grads[i] = g
+    if not _all_dense(grads):  # (read only: a dense copy will do)
+        grads = [g if g.is_contiguous() and not g.is_neg() else _copy(g.resolve_neg()) for g in grads]
     if not inplace:
         xs = [_copy(x) for x in xs]
         ms = [_copy(m) for m in ms]
