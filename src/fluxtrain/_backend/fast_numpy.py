@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -56,40 +55,55 @@ thousand small ones alike (one parallel region per group, not one per array)."""
 
 
 _POOL: Any = None
-_LOCAL = threading.local()  # per thread: _norm2's scratch buffers
-_SEG = 1 << 17
 
 
-def _norm2(g: np.ndarray):
-    """``sqrt(sum(g * g))`` bit for bit as NumPy computes it for ``ClipNorm.norm`` (p=2),
-    without the temporary ``g * g``: for a large array, allocating it (fresh pages) costs
-    more than the sum. NumPy sums a contiguous array pairwise, halving it (at a multiple of
-    8) down to blocks of 128; each segment of at most ``_SEG`` elements of that recursion is
-    squared into a small reused buffer and summed by NumPy, so it is the same subtree, and
-    the segments' sums are added in the same tree (tests compare the two on many sizes).
-    None (the rule computes its own) for other arrays: torch tensors, small or strided
-    ones, float16 (whose sums accumulate in float32 and round once)."""
-    if type(g) is not np.ndarray or g.size <= _SEG or not g.flags.c_contiguous or g.dtype not in (np.float32, np.float64):
-        return None
-    n = g.size
-    flat = g.reshape(-1)
-    bufs = getattr(_LOCAL, "bufs", None)
-    if bufs is None:
-        bufs = _LOCAL.bufs = {}
-    buf = bufs.get(g.dtype)
-    if buf is None:
-        buf = bufs[g.dtype] = np.empty(_SEG, g.dtype)
+SUM_LEAF = 1 << 16
+"""Subtrees of NumPy's summation tree of at most this many elements are one task each
+(a larger array is cut into several, summed on several threads and combined in the tree)."""
 
-    def pairwise(lo: int, m: int):
-        if m <= _SEG:
-            b = buf[:m]
-            np.multiply(flat[lo:lo + m], flat[lo:lo + m], out=b)
-            return np.sum(b)
-        m2 = m // 2
-        m2 -= m2 % 8
-        return pairwise(lo, m2) + pairwise(lo + m2, m - m2)
 
-    return np.sqrt(pairwise(0, n))
+def sums_of_squares(P: np.ndarray, N: np.ndarray, f) -> np.ndarray:
+    """``np.sum(g * g)`` of each array ``g`` (``P[j, 0]`` its address, ``N[j]`` its elements,
+    contiguous, of float type ``f``), bit for bit as NumPy computes it, in one multi-threaded
+    pass and without temporaries. The subtrees of NumPy's pairwise tree are summed as tasks
+    and combined in the same tree."""
+    tasks: list = []
+    spans: list = []  # per array: its tasks' range, or its single task
+
+    def leaves(j: int, lo: int, n: int) -> None:
+        if n <= SUM_LEAF:
+            tasks.append((j, lo, lo + n, len(tasks)))
+            return
+        n2 = n // 2
+        n2 -= n2 % 8
+        leaves(j, lo, n2)
+        leaves(j, lo + n2, n - n2)
+
+    for j, n in enumerate(N.tolist()):
+        first = len(tasks)
+        leaves(j, 0, n)
+        spans.append((first, len(tasks)))
+    out = np.zeros(max(len(tasks), 1), dtype=f)
+    CH = np.array(tasks, dtype=np.int64).reshape(-1, 4)
+    _run(kernels()["sumsq"], P, CH, out, f(0), parallel=int(N.sum()) >= PARALLEL_MIN)
+    res = np.empty(len(N), dtype=f)
+    for j, (a, b) in enumerate(spans):
+        if b - a == 1:
+            res[j] = out[a]
+        else:
+            it = iter(out[a:b])
+            res[j] = _combine(int(N[j]), it)
+    return res
+
+
+def _combine(n: int, it):
+    """The sum of a subtree of ``n`` elements from its leaves' sums, in NumPy's order."""
+    if n <= SUM_LEAF:
+        return next(it)
+    n2 = n // 2
+    n2 -= n2 % 8
+    left = _combine(n2, it)
+    return left + _combine(n - n2, it)
 
 
 def threads() -> int:
@@ -104,9 +118,9 @@ def threads() -> int:
         return os.cpu_count() or 1
 
 
-def _run(kernel, P, CH, R, U, I, C, parallel: bool) -> None:
-    """Run ``kernel`` over the chunk table ``CH``, split into contiguous runs of chunks
-    among ``threads()`` threads when ``parallel``.
+def _run(kernel, P, CH, *rest, parallel: bool) -> None:
+    """Run ``kernel(P, CH, *rest)`` over the chunk table ``CH``, split into contiguous runs
+    of chunks among ``threads()`` threads when ``parallel``.
 
     Our own blocking thread pool rather than numba's ``parallel=True``: numba's OpenMP
     threads spin-wait after each region and, on a machine with few cores, starve the
@@ -116,14 +130,14 @@ def _run(kernel, P, CH, R, U, I, C, parallel: bool) -> None:
     global _POOL
     n = min(threads(), len(CH)) if parallel else 1
     if n <= 1:
-        kernel(P, CH, R, U, I, C)
+        kernel(P, CH, *rest)
         return
     if _POOL is None or _POOL._max_workers < n - 1:
         from concurrent.futures import ThreadPoolExecutor
         _POOL = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="fluxtrain")
     cuts = [len(CH) * i // n for i in range(n + 1)]
-    futures = [_POOL.submit(kernel, P, CH[cuts[i]:cuts[i + 1]], R, U, I, C) for i in range(1, n)]
-    kernel(P, CH[:cuts[1]], R, U, I, C)
+    futures = [_POOL.submit(kernel, P, CH[cuts[i]:cuts[i + 1]], *rest) for i in range(1, n)]
+    kernel(P, CH[:cuts[1]], *rest)
     for fut in futures:
         fut.result()
 
@@ -255,7 +269,49 @@ def _build() -> dict[str, Callable]:
         for c in range(CH.shape[0]):
             lion_chunk(c, P, CH, R, U, I, C)
 
-    return {"adam": adam, "momentum": momentum, "lion": lion, "addr3": addr3, "addr4": addr4}
+    # NumPy's pairwise summation (loops_utils.h: blocks of at most 128 summed in 8
+    # accumulators, larger runs halved at a multiple of 8), of the squares rounded to the
+    # dtype: np.sum(g * g) bit for bit, without the temporary g * g
+    @numba.njit(fastmath=False, cache=True, nogil=True, error_model="numpy")
+    def pairwise_sq(a, z):
+        # (indices from range loops over a view from 0: numba then drops its negative-index
+        # handling, which would stop LLVM from vectorising the 8 accumulators)
+        n = a.size
+        if n < 8:
+            res = z
+            for i in range(n):
+                res += a[i] * a[i]
+            return res
+        if n <= 128:
+            r0, r1, r2, r3 = a[0] * a[0], a[1] * a[1], a[2] * a[2], a[3] * a[3]
+            r4, r5, r6, r7 = a[4] * a[4], a[5] * a[5], a[6] * a[6], a[7] * a[7]
+            for k in range(1, n // 8):
+                i = 8 * k
+                r0 += a[i] * a[i]
+                r1 += a[i + 1] * a[i + 1]
+                r2 += a[i + 2] * a[i + 2]
+                r3 += a[i + 3] * a[i + 3]
+                r4 += a[i + 4] * a[i + 4]
+                r5 += a[i + 5] * a[i + 5]
+                r6 += a[i + 6] * a[i + 6]
+                r7 += a[i + 7] * a[i + 7]
+            res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+            for i in range(n - n % 8, n):
+                res += a[i] * a[i]
+            return res
+        n2 = n // 2
+        n2 -= n2 % 8
+        return pairwise_sq(a[:n2], z) + pairwise_sq(a[n2:], z)
+
+    @jit
+    def sumsq(P, CH, out, z):
+        # CH rows (j, lo, hi, t): out[t] = the pairwise sum of squares of array j's lo:hi;
+        # z: 0 in the dtype (a float32 times an int literal would be float64 in numba)
+        for c in range(CH.shape[0]):
+            a = numba.carray(piece_ptr(P[CH[c, 0], 0], CH[c, 1], z), CH[c, 2] - CH[c, 1])
+            out[CH[c, 3]] = pairwise_sq(a, z)
+
+    return {"adam": adam, "momentum": momentum, "lion": lion, "sumsq": sumsq, "addr3": addr3, "addr4": addr4}
 
 
 # ------------------------------------------------------------------------- rule analysis
@@ -422,6 +478,8 @@ def run_numba(recipes, states, xs, gs, ks, mem: Memory, inplace: bool):
     out: list = [None] * len(xs)
     bt_val: dict[int, float] = {}
     new_bt: dict[tuple, Any] = {}
+    clips: list = []  # (j, batch, position in it, the gradient's address or None)
+    held: list = []  # contiguous copies of strided gradients
     # phase 1: everything that can fail (norm checks, addresses), before any write
     for j, (kind, sc, inner, clip, wd, has_wd) in enumerate(recipes):
         x, g = xs[j], gs[j]
@@ -438,12 +496,12 @@ def run_numba(recipes, states, xs, gs, ks, mem: Memory, inplace: bool):
         except AttributeError:  # a state entry that is not an array
             return NotImplemented
         has_clip = clip is not None
-        # the rule's own clip factor and checks (with its norm, computed without a temporary)
-        scale = f(float(clip.scale(x, g, _norm2(g)))) if has_clip else one
+        numpy_g = type(g) is np.ndarray
         if not inplace:
             arrs = [copy(a) for a in arrs]
         if not dense(g):
             g = copy(g)
+            held.append(g)  # alive until the kernels have read it (they get its address only)
         ptrs = addrs(arrs, g)
         if ptrs is None:
             return NotImplemented
@@ -471,13 +529,18 @@ def run_numba(recipes, states, xs, gs, ks, mem: Memory, inplace: bool):
         else:
             r = b.row((id(sc), has_clip), lambda: kernel_row(kind, sc, 0.0, 0.0, wd, has_clip, has_wd))
             new_inner = arrs[1]
+        if has_clip:
+            # a NumPy gradient's norm (for its clip scale) comes from the kernels, below
+            clips.append((j, b, len(b.sizes), ptrs[1] if numpy_g else None))
         b.ptrs.extend(ptrs)
         b.sizes.append(size(x))
-        b.scales.append(scale)
+        b.scales.append(one)
         b.rows.append(r)
         st = states[j]
         # delta None: written in place; Replace: the updated copy (pure update)
         out[j] = (new_inner if st is inner else tuple(st[:-1]) + (new_inner,), None if inplace else Replace(arrs[0]))
+    if clips:  # the rules' own clip factors and checks, still before any write
+        _clip_scales(clips, recipes, xs, gs, f)
     # phase 2: compute (nothing can fail any more)
     for kind, b in batches.items():
         N = np.array(b.sizes, dtype=np.int64)
@@ -485,6 +548,23 @@ def run_numba(recipes, states, xs, gs, ks, mem: Memory, inplace: bool):
         _run(ks[kind], P, _chunks(N), np.array(b.rows, dtype=np.int64), np.array(b.U, dtype=f),
              np.array(b.I, dtype=np.int64), np.array(b.scales, dtype=f), parallel=int(N.sum()) >= PARALLEL_MIN)
     return out
+
+
+def _clip_scales(clips: list, recipes: list, xs: list, gs: list, f) -> None:
+    """Each clipping array's scale, by its ClipNorm's ``scale`` (which raises its
+    ``DomainError`` on a non-finite norm), set in its batch. The norms of NumPy gradients
+    (at the addresses given) are ``sqrt(sum(g * g))`` bit for bit as NumPy computes them
+    for ``ClipNorm.norm``, all in one multi-threaded pass without the temporary ``g * g``
+    (for a large array, allocating it costs more than the sum); torch tensors keep the
+    rule's own norm (torch's summation order)."""
+    known = [c for c in clips if c[3] is not None]
+    norms: dict = {}
+    if known:
+        P = np.array([c[3] for c in known], dtype=np.uint64).view(np.int64).reshape(-1, 1)
+        N = np.array([c[1].sizes[c[2]] for c in known], dtype=np.int64)
+        norms = dict(zip((c[0] for c in known), np.sqrt(sums_of_squares(P, N, f))))
+    for j, b, pos, _ in clips:
+        b.scales[pos] = f(float(recipes[j][3].scale(xs[j], gs[j], norms.get(j))))
 
 
 def kernel_row(kind: str, sc: dict, p1: float, p2: float, wd, has_clip: bool, has_wd: bool) -> tuple:
