@@ -343,11 +343,12 @@ class ClipNorm(Rule):
     def scale(self, x, g, nrm=None):
         """The factor ``min(omega/norm(g), 1)`` in ``x``'s dtype (0-d), raising the
         ``DomainError`` of ``throw`` on a non-finite norm (eagerly). ``nrm``: ``norm(g)``
-        already computed (a fast path's, equal bit for bit)."""
+        already computed (a fast path's, equal bit for bit), or a 1-d array of several
+        arrays' norms (their factors, elementwise; the caller raises for a non-finite one)."""
         xp = namespace(x)
         if nrm is None:
             nrm = self.norm(g)
-        if self.throw and is_eager(nrm) and not bool(xp.isfinite(nrm)):
+        if self.throw and is_eager(nrm) and nrm.ndim == 0 and not bool(xp.isfinite(nrm)):
             raise DomainError(f"gradient has {float(self.p)}-norm {float(to_numpy(nrm))}, for array of shape "
                               f"{tuple(x.shape)} and dtype {x.dtype}")
         lam = xp.minimum(caster(x)(self.omega) / nrm, scalar(nrm, 1.0))
