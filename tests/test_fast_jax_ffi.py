@@ -33,17 +33,12 @@ def small_groups_too(monkeypatch):
 def calls(monkeypatch):
     """The kernels of the custom calls that ran (each step of a group is one)."""
     seen = []
-    real, real_sumsq = fast_jax_ffi._step, fast_jax_ffi._sumsq_step
+    real = fast_jax_ffi._step
 
     def counting(frame, kind):
         seen.append(kind)
         return real(frame, kind)
-
-    def counting_sumsq(frame):
-        seen.append("sumsq")
-        return real_sumsq(frame)
     monkeypatch.setattr(fast_jax_ffi, "_step", counting)
-    monkeypatch.setattr(fast_jax_ffi, "_sumsq_step", counting_sumsq)
     return seen
 
 
@@ -100,10 +95,7 @@ RULES = {
 def test_equals_the_generic_path(name, dtype, pure, calls):
     rule, kind = RULES[name]
     s1, m1 = _run(rule, dtype, 4, pure=pure)
-    # one call a step for the whole group, after one for the norms a ClipNorm(throw=true)
-    # checks before anything is written
-    throws = any(isinstance(o, ft.ClipNorm) and o.throw for o in getattr(rule, "opts", ()))
-    assert calls == (["sumsq", kind] if throws else [kind]) * 4
+    assert calls == [kind] * 4  # one call a step for the whole group
     s2, m2 = _run(rule, dtype, 4, disabled=True, pure=pure)
     _close(m1, m2, dtype)
     _close(_states(s1), _states(s2), dtype)
@@ -142,7 +134,7 @@ def test_chains_of_other_shapes_and_clips_per_array(calls):
                 state, model = ft.update_(state, model, g)
         return _states(state), jax.block_until_ready(model)
     s1, m1 = run(False)
-    assert calls == ["sumsq", "adam"] * 3
+    assert calls == ["adam"] * 3
     s2, m2 = run(True)
     _close(m1, m2, "float32")
     _close(s1, s2, "float32")
@@ -173,8 +165,7 @@ def test_a_refused_norm_raises_before_any_write(calls):
         ft.update_(state, model, [jnp.ones(5, jnp.float32), jnp.full(3, jnp.inf, jnp.float32)])
     after = [np.asarray(a) for a in jax.tree.leaves((_states(state), model))]
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
-    # the refused step checked the norms (by the kernels) and stepped nothing
-    assert calls[:2] == ["sumsq", "adam"] and "sumsq" in calls[2:] and "adam" not in calls[2:]
+    assert calls == ["adam"]
 
 
 def test_in_place(calls):
@@ -221,9 +212,6 @@ def test_where_it_applies(monkeypatch):
     assert fast_jax_ffi.usable((ft.AdamW(), ft.Adam(0.1)), [jnp.ones(3)])
     assert not fast_jax_ffi.usable((ft.RMSProp(),), [jnp.ones(3)])
     assert not fast_jax_ffi.usable((ft.Adam(), ft.Momentum()), [jnp.ones(3)])
-    # the pre-check's norms: the kernels sum squares (p = 2) only
-    assert fast_jax_ffi.norms_usable((ft.ClipNorm(), None))
-    assert not fast_jax_ffi.norms_usable((ft.ClipNorm(1.0, 1), ft.ClipNorm()))
     monkeypatch.setattr(fast_jax_ffi, "MIN_ELEMENTS", 10)
     assert not fast_jax_ffi.usable((ft.Adam(),), [jnp.ones(3), jnp.ones(6)])
     assert fast_jax_ffi.usable((ft.Adam(),), [jnp.ones(3), jnp.ones(7)])

@@ -668,19 +668,10 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
         except TypeError:  # traced or unhashable hyper-parameters
             return NotImplemented
     norms = None
-    # on the CPU, rules the numba kernels step (Adam, AdamW, Momentum, Lion, with a
-    # ClipNorm/WeightDecay prefix): the parameters and state arrays by one custom call, one
-    # pass per array (fast_jax_ffi), and the pre-check's norms by another; decided for the
-    # arrays at hand, since a plan's program is reused for other dtypes and devices of the
-    # same structure (a steady step's are those its plan was made for)
-    ffi = None
     if spec.throws is not None:
         if spec.throws is False:
             return NotImplemented
-        ffi = held.plan.ffi if steady else fast_jax_ffi.usable(spec.skeletons, xs)
-        check = (fast_jax_ffi.checked_norms if ffi and fast_jax_ffi.norms_usable(spec.throws) else
-                 _checked_norms)
-        ok, norms = check(spec.throws, list(gs))
+        ok, norms = _checked_norms(spec.throws, list(gs))
         if not bool(ok):
             return NotImplemented  # the generic path raises ClipNorm's DomainError
     src = (_fresh(held, gs) if steady else _chained(held, spec, inplace, xs, gs)) if held is not None else None
@@ -694,8 +685,9 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
         if states is None:
             states = list(map(p.raw_state_of, range(p.n)))
         leaves, treedef = jax.tree.flatten((states, xs, gs))
-        if ffi is None or steady:
-            ffi = fast_jax_ffi.usable(spec.skeletons, xs)
+        # (decided for the arrays at hand: a plan's program is reused for other dtypes and
+        # devices of the same structure, where the custom call may not apply)
+        ffi = fast_jax_ffi.usable(spec.skeletons, xs)
         key, plan = _plan(spec, treedef, leaves, inplace, store, ffi)
         if plan.try_merge:
             if _merge(plan, leaves):

@@ -23,7 +23,6 @@ error, never as success.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import traceback
 from typing import Any
@@ -139,7 +138,7 @@ def _readers():
 
 
 _NSTATE = {"adam": 2, "momentum": 1, "lion": 1}  # state arrays per parameter
-TARGETS = {kind: "fluxtrain_" + kind for kind in (*_NSTATE, "sumsq")}
+TARGETS = {kind: "fluxtrain_" + kind for kind in _NSTATE}
 
 # the per-array scalar table S (one row per array, in the arrays' dtype): what the handler
 # needs to rebuild each array's rule and kernel row, then its clip scale
@@ -177,21 +176,6 @@ def _step(frame, kind: str) -> None:
     fast_numpy.run_at(kind, P, sizes[:k].copy(), R.reshape(-1).astype(np.int64), rows, S[:, -1].copy(), f)
 
 
-def _sumsq_step(frame) -> None:
-    """Arguments: K gradients; result: their K sums of squares (``fast_numpy.sums_of_squares``:
-    NumPy's ``sum(g * g)``, for ClipNorm's norms)."""
-    buffers = _readers()
-    n = frame.args.size
-    dt, data, sizes = buffers(np.ctypeslib.as_array(frame.args.items, shape=(n,)))
-    odt, out, osize = buffers(np.ctypeslib.as_array(frame.rets.items, shape=(frame.rets.size,)))
-    if (n == 0 or dt[0] not in (_F32, _F64) or not (dt == dt[0]).all() or frame.rets.size != 1
-            or odt[0] != dt[0] or osize[0] != n):
-        raise TypeError(f"{TARGETS['sumsq']}: unexpected arguments (dtypes, sizes or count)")
-    f = np.float32 if dt[0] == _F32 else np.float64
-    res = np.ctypeslib.as_array(ctypes.cast(int(out[0]), ctypes.POINTER(np.ctypeslib.as_ctypes_type(f))), shape=(n,))
-    res[:] = fast_numpy.sums_of_squares(data.reshape(-1, 1), sizes, f)
-
-
 def _kernel_row(kind: str, row: list, f) -> tuple:
     """The kernel's scalar row for one row of ``S`` (less its scale): the rule it describes,
     analysed by ``fast_numpy`` as for NumPy's arrays, so both paths share one recipe."""
@@ -221,10 +205,7 @@ def _handler(kind: str):
                 return None
             if frame.stage != _EXECUTE:
                 return None
-            if kind == "sumsq":
-                _sumsq_step(frame)
-            else:
-                _step(frame, kind)
+            _step(frame, kind)
             return None
         except BaseException:  # noqa: BLE001 - reported to XLA, which raises it in the caller
             msg = traceback.format_exc().encode("utf-8", "replace")
@@ -260,23 +241,6 @@ MIN_ELEMENTS = 1 << 21
 group's arrays stay in the caches, and the call has a fixed cost (~90 us of Python in
 the handler). Adam, 6 arrays, blocked steps on 2 cores: 0.1 M elements 500 against 233 us
 (XLA), 1 M 1.16 against 1.05 ms, 2 M 1.6 against 5.4 ms, 10 M 8.9 against 14.7 ms."""
-
-
-def norms_usable(clips: tuple) -> bool:
-    """Can the pre-check take the norms of these ClipNorms (None: an array without one) from
-    the kernels (``checked_norms``)? The caller has found the group's arrays ``usable``."""
-    return all(c is None or float(c.p) == 2.0 for c in clips)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def checked_norms(clips: tuple, gs: list):
-    """``fast_jax._checked_norms`` by one custom call into the kernels: ``sqrt(sum(g * g))``
-    summed as NumPy sums (the rule's own, under XLA, may differ in the last bit), in one
-    multi-threaded pass over the gradients."""
-    sel = [g for c, g in zip(clips, gs) if c is not None]
-    sums = jax.ffi.ffi_call(TARGETS["sumsq"], jax.ShapeDtypeStruct((len(sel),), sel[0].dtype))(*sel)
-    norms = jnp.sqrt(sums)
-    return jnp.all(jnp.isfinite(norms)), norms
 
 
 def _parts(rule):
