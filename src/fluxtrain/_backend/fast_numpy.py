@@ -15,7 +15,8 @@ reference path bit for bit; ``tests/test_fast_paths.py`` checks this.
 
 numba is optional (the ``fast`` extra). It is imported the first time a kernel runs; when
 it is missing every kernel returns ``NotImplemented`` and the generic path is used. The
-kernels also serve CPU torch tensors (by address, no copy), see ``fast_torch``.
+kernels also serve CPU torch tensors (by address, no copy), see ``fast_torch``, and JAX
+arrays on the CPU through an XLA custom call, see ``fast_jax_ffi``.
 
 Accelerated rules: ``Adam``, ``AdamW``, ``Momentum``, ``Lion`` and ``OptimiserChain`` whose
 rules are ``[ClipNorm(p=2)] [WeightDecay] R`` with ``R`` one of those four.
