@@ -32,8 +32,9 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from ..optimise import AdamW, OptimiserChain
+from ..optimise import Adam, AdamW, ClipNorm, Lion, Momentum, OptimiserChain, WeightDecay
 from . import fast_numpy
+from .fast_scheduler import AtStep
 
 _F32, _F64 = 11, 12  # XLA_FFI_DataType
 _EXECUTE = 3  # XLA_FFI_ExecutionStage
@@ -179,7 +180,6 @@ def _step(frame, kind: str) -> None:
 def _kernel_row(kind: str, row: list, f) -> tuple:
     """The kernel's scalar row for one row of ``S`` (less its scale): the rule it describes,
     analysed by ``fast_numpy`` as for NumPy's arrays, so both paths share one recipe."""
-    from ..optimise import Adam, AdamW, ClipNorm, Lion, Momentum, OptimiserChain, WeightDecay
     eta, b1, b2, eps, lam, mode, decay, has_decay, has_clip, p1, p2 = row
     if kind == "adam":
         base = Adam(eta, (b1, b2), eps) if mode == 0 else AdamW(eta, (b1, b2), lam, eps, couple=mode == 1)
@@ -246,20 +246,17 @@ the handler). Adam, 6 arrays, blocked steps on 2 cores: 0.1 M elements 500 again
 def _parts(rule):
     """``(kind, base, clip, decay)`` of a rule the kernels step (a Scheduler's rule of the
     step is its rule), or None."""
-    from .fast_scheduler import AtStep
     if type(rule) is AtStep:
         rule = rule.rule
     info = fast_numpy._base_and_prefix(rule)
     if info is None:
         return None
     base, clip, decay = info
-    kind = _kinds().get(type(base))
+    kind = _KINDS.get(type(base))
     return None if kind is None else (kind, base, clip, decay)
 
 
-def _kinds() -> dict:
-    from ..optimise import Adam, AdamW, Lion, Momentum
-    return {Adam: "adam", AdamW: "adam", Momentum: "momentum", Lion: "lion"}
+_KINDS = {Adam: "adam", AdamW: "adam", Momentum: "momentum", Lion: "lion"}
 
 
 def kind_of(skeletons: tuple) -> str | None:
@@ -290,7 +287,6 @@ def usable(skeletons: tuple, xs: list) -> bool:
 def _base_state(rule, st):
     """The state of ``rule``'s kernel rule within ``st`` (a Scheduler's inner state, a
     chain's last member)."""
-    from .fast_scheduler import AtStep
     if type(rule) is AtStep:
         return _base_state(rule.rule, st.inner)
     return st[-1] if isinstance(rule, OptimiserChain) else st
@@ -298,7 +294,6 @@ def _base_state(rule, st):
 
 def _with_base(rule, st, new):
     """``st`` with the state of ``rule``'s kernel rule replaced by ``new``."""
-    from .fast_scheduler import AtStep
     if type(rule) is AtStep:
         return type(st)(st.t, _with_base(rule.rule, st.inner, new))
     return st[:-1] + (new,) if isinstance(rule, OptimiserChain) else new
