@@ -348,7 +348,7 @@ class ClipNorm(Rule):
         xp = namespace(x)
         if nrm is None:
             nrm = self.norm(g)
-        if self.throw and is_eager(nrm) and nrm.ndim == 0 and not bool(xp.isfinite(nrm)):
+        if self.throw and is_eager(nrm) and getattr(nrm, "ndim", 0) == 0 and not bool(xp.isfinite(nrm)):
             raise DomainError(f"gradient has {float(self.p)}-norm {float(to_numpy(nrm))}, for array of shape "
                               f"{tuple(x.shape)} and dtype {x.dtype}")
         lam = xp.minimum(caster(x)(self.omega) / nrm, scalar(nrm, 1.0))
