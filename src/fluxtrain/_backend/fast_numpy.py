@@ -75,8 +75,7 @@ def sums_of_squares(P: np.ndarray, N: np.ndarray, f) -> np.ndarray:
         if n <= SUM_LEAF:
             tasks.append((j, lo, lo + n, len(tasks)))
             return
-        n2 = n // 2
-        n2 -= n2 % 8
+        n2 = _half(n)
         leaves(j, lo, n2)
         leaves(j, lo + n2, n - n2)
 
@@ -101,10 +100,15 @@ def _combine(n: int, it):
     """The sum of a subtree of ``n`` elements from its leaves' sums, in NumPy's order."""
     if n <= SUM_LEAF:
         return next(it)
-    n2 = n // 2
-    n2 -= n2 % 8
+    n2 = _half(n)
     left = _combine(n2, it)
     return left + _combine(n - n2, it)
+
+
+def _half(n: int) -> int:
+    """Where NumPy's pairwise sum splits a run of ``n`` (> 128) elements: at half, rounded
+    down to a multiple of 8 (the kernel's ``pairwise_sq`` splits the same way)."""
+    return n // 2 - (n // 2) % 8
 
 
 def threads() -> int:
@@ -275,8 +279,8 @@ def _build() -> dict[str, Callable]:
     # dtype: np.sum(g * g) bit for bit, without the temporary g * g
     @numba.njit(fastmath=False, cache=True, nogil=True, error_model="numpy")
     def pairwise_sq(a, z):
-        # (indices from range loops over a view from 0: numba then drops its negative-index
-        # handling, which would stop LLVM from vectorising the 8 accumulators)
+        # (range loops over a view from 0 spare numba's negative-index handling; without
+        # fastmath LLVM still does not vectorise the 8 accumulators: see performance.md)
         n = a.size
         if n < 8:
             res = z
