@@ -181,7 +181,7 @@ def _kernel_row(kind: str, row: list, f) -> tuple:
     """The kernel's scalar row for one row of ``S`` (less its scale): the rule it describes,
     analysed by ``fast_numpy`` as for NumPy's arrays, so both paths share one recipe."""
     eta, b1, b2, eps, lam, mode, decay, has_decay, has_clip, p1, p2 = row
-    if kind == "adam":
+    if kind == "adam":  # (the inverse of fast_numpy.adam_mode)
         base = Adam(eta, (b1, b2), eps) if mode == 0 else AdamW(eta, (b1, b2), lam, eps, couple=mode == 1)
     elif kind == "momentum":
         base = Momentum(eta, b1)
@@ -289,7 +289,7 @@ def _base_state(rule, st):
     chain's last member)."""
     if type(rule) is AtStep:
         return _base_state(rule.rule, st.inner)
-    return st[-1] if isinstance(rule, OptimiserChain) else st
+    return fast_numpy.base_state(st, not isinstance(rule, OptimiserChain))
 
 
 def _with_base(rule, st, new):
@@ -307,7 +307,7 @@ def _table(kind: str, parts: list, bases: list, xs: list, gs: list, dtype):
     adam = kind == "adam"
     rows = []
     for (_, base, clip, decay), b in zip(parts, bases):
-        mode = 2 - base.couple if isinstance(base, AdamW) else 0
+        mode = fast_numpy.adam_mode(base) if adam else 0
         rows.append((base.eta, base.rho if kind == "momentum" else base.beta[0],
                      0 if kind == "momentum" else base.beta[1], base.epsilon if adam else 0,
                      base.lambda_ if mode else 0, mode, decay.lambda_ if decay is not None else 0,

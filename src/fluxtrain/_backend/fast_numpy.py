@@ -355,11 +355,11 @@ def _recipe(rule, f):
     wd = f(T(_num(decay.lambda_))) if decay is not None else f(0)
     if isinstance(base, (Adam, AdamW)):
         b1, b2 = T(_num(base.beta[0])), T(_num(base.beta[1]))
+        mode = adam_mode(base)
         if isinstance(base, Adam):
-            eps, mode, lam = eps_cast(T, _num(base.epsilon)), 0, 0.0
+            eps, lam = eps_cast(T, _num(base.epsilon)), 0.0
         else:
             eps, lam = T(_num(base.epsilon)), T(_num(base.lambda_))
-            mode = 1 if base.couple else 2
         sc = dict(pre=(f(b1), f(T(1 - b1)), f(b2), f(T(1 - b2))),
                   post=(f(eps), f(T(_num(base.eta))), f(lam), mode), pyb1=b1, pyb2=b2, f=f)
         kind = "adam"
@@ -369,6 +369,12 @@ def _recipe(rule, f):
         b1, b2 = T(_num(base.beta[0])), T(_num(base.beta[1]))
         kind, sc = "lion", dict(post=(f(b1), f(b2), f(T(1 - b2)), f(T(b2 - b1)), f(T(_num(base.eta)))), f=f)
     return kind, sc, clip, wd, decay is not None, base is rule
+
+
+def adam_mode(base) -> int:
+    """The Adam kernel's ``mode`` for an ``Adam`` (0) or ``AdamW`` (1: ``couple``, 2: not)."""
+    from ..optimise import AdamW
+    return (1 if base.couple else 2) if isinstance(base, AdamW) else 0
 
 
 def _num(v):
