@@ -29,7 +29,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from . import fast, fast_scheduler
+from . import fast, fast_scheduler, workers
 
 _KERNELS: dict[str, Callable] | None | bool = None  # None: not tried; False: numba missing
 
@@ -53,10 +53,6 @@ CHUNK = 1 << 16
 """Work unit of the multi-array kernels: each array is cut into pieces of at most this many
 elements and the threads share out the pieces, so one call serves one huge array and a
 thousand small ones alike (one parallel region per group, not one per array)."""
-
-
-_POOL: Any = None
-
 
 SUM_LEAF = 1 << 16
 """Subtrees of NumPy's summation tree of at most this many elements are one task each
@@ -125,26 +121,10 @@ def threads() -> int:
 
 def _run(kernel, P, CH, *rest, parallel: bool) -> None:
     """Run ``kernel(P, CH, *rest)`` over the chunk table ``CH``, split into contiguous runs
-    of chunks among ``threads()`` threads when ``parallel``.
-
-    Our own blocking thread pool rather than numba's ``parallel=True``: numba's OpenMP
-    threads spin-wait after each region and, on a machine with few cores, starve the
-    threads of torch (its own OpenMP runtime) and of everything else for milliseconds after
-    every step (torch's fused Adam measured 7x slower right after a numba parallel step).
-    These threads sleep when idle."""
-    global _POOL
+    of chunks among ``threads()`` threads when ``parallel`` (see ``workers``)."""
     n = min(threads(), len(CH)) if parallel else 1
-    if n <= 1:
-        kernel(P, CH, *rest)
-        return
-    if _POOL is None or _POOL._max_workers < n - 1:
-        from concurrent.futures import ThreadPoolExecutor
-        _POOL = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="fluxtrain")
     cuts = [len(CH) * i // n for i in range(n + 1)]
-    futures = [_POOL.submit(kernel, P, CH[cuts[i]:cuts[i + 1]], *rest) for i in range(1, n)]
-    kernel(P, CH[:cuts[1]], *rest)
-    for fut in futures:
-        fut.result()
+    workers.run(kernel, [(P, CH[cuts[i]:cuts[i + 1]], *rest) for i in range(n)])
 
 
 def _build() -> dict[str, Callable]:
