@@ -588,6 +588,20 @@ def test_another_rule_on_the_same_structure_takes_its_own_route(routed):
     assert len(routed) == 4
 
 
+def test_another_dtype_on_the_same_structure_takes_its_own_route(routed):
+    """Routes are kept per dtype too: a float64 model of a float32 model's structure must
+    not be left to the walker (the route of one dtype refuses the other's arrays)."""
+    for dtype in (jnp.float32, jnp.float64, jnp.float32):
+        rng, ma, mb, sa, sb = _two_runs(ft.Adam(0.01))
+        ma, mb = [a.astype(dtype) for a in ma], [a.astype(dtype) for a in mb]
+        sa, sb = ft.setup(ft.Adam(0.01), ma), ft.setup(ft.Adam(0.01), mb)
+        for _ in range(2):
+            _step_both(sa, ma, sb, mb, [_arr(rng, 3).astype(dtype) for _ in range(3)])
+        _same(ma, mb)
+        assert ma[0].dtype == dtype and all(l._store is not None for l in sa)
+    assert len(routed) == 6
+
+
 def _zero_d(store):
     return [a for a in store.pool if a.ndim == 0]
 

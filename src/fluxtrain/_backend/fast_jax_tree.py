@@ -162,10 +162,10 @@ def update_tree(state: Any, model: Any, grad: Any, *, pure: bool):
         return None  # not concrete JAX arrays: nothing to gain here
     xl, xtd = jax.tree.flatten(model)
     sl, std = _flatten_state(state)
-    # the rule type is part of the key: another optimiser for a model of the same
-    # structure gets its own route, not the walker
+    # the rule type and the dtype are part of the key: another optimiser, or a model of
+    # another dtype, of the same structure gets its own route, not the walker
     first = sl[0] if sl and sl[0] is not None else next((l for l in sl if l is not None), None)
-    key = (std, xtd, gtd, type(getattr(first, "rule", None)))
+    key = (std, xtd, gtd, type(getattr(first, "rule", None)), gl[0].dtype)
     route = _ROUTES.get(key, False)
     if route is False:
         try:
