@@ -6,6 +6,8 @@ success."""
 from __future__ import annotations
 
 import contextlib
+import copy
+import pickle
 
 import numpy as np
 import pytest
@@ -35,9 +37,9 @@ def calls(monkeypatch):
     seen = []
     real = fast_jax_ffi._step
 
-    def counting(frame, kind):
+    def counting(frame, kind, flat):
         seen.append(kind)
-        return real(frame, kind)
+        return real(frame, kind, flat)
     monkeypatch.setattr(fast_jax_ffi, "_step", counting)
     return seen
 
@@ -196,7 +198,7 @@ def test_other_rules_and_chains_keep_xla(calls):
 def test_an_error_inside_is_raised(monkeypatch):
     """A failure in the handler reaches the caller as an error (XLA's), never as a step
     that silently did nothing."""
-    def boom(frame, kind):
+    def boom(frame, kind, flat):
         raise RuntimeError("kernel failed")
     monkeypatch.setattr(fast_jax_ffi, "_step", boom)
     model = [jnp.ones(5, jnp.float32)]
@@ -252,3 +254,107 @@ def test_arrays_split_over_devices_keep_xla(calls):
         return np.asarray(jax.block_until_ready(model[0]))
     np.testing.assert_allclose(run(False), run(True), rtol=1e-6)
     assert not calls
+
+
+# ------------------------------------------------------------------ flat states (update_)
+
+FLAT_SHAPES = [(0,), (3, 4), (70_000,), (1,), (2, 3, 2)]  # no 0-d array: the layout applies
+
+
+def _flat_run(rule, steps, *, dtype="float32", disabled=False, between=None, grads=None):
+    """``steps`` update_ steps on FLAT_SHAPES; ``between(t, state, model)`` may
+    return a new ``(state, model)`` after step ``t``; ``grads(t, g)`` may alter a gradient."""
+    rng = np.random.default_rng(0)
+    model = [jnp.asarray(rng.standard_normal(s).astype(dtype)) for s in FLAT_SHAPES]
+    state = ft.setup(rule, model)
+    rng = np.random.default_rng(1)
+    seen = []
+    for t in range(steps):
+        g = [jnp.asarray(rng.standard_normal(s).astype(dtype)) for s in FLAT_SHAPES]
+        if grads is not None:
+            g = grads(t, g)
+        with fast.disabled() if disabled else contextlib.nullcontext():
+            try:
+                state, model = ft.update_(state, model, g)
+                seen.append("ok")
+            except ft.DomainError:
+                seen.append("DomainError")
+        if between is not None:
+            state, model = between(t, state, model)
+    jax.block_until_ready(model)
+    return state, model, seen
+
+
+def _store(state):
+    return state[0]._store
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", list(RULES))
+def test_flat_states_equal_the_generic_path(name, dtype, calls):
+    """From the second step of one store, each state of the call is one flat array for all
+    the group's arrays (2 buffers for Adam's moments instead of 2 per array); the steps,
+    and the states read between them, equal the generic path's."""
+    rule = RULES[name][0]
+    reads: dict = {}
+
+    def read(t, state, model):  # Leaf.state copies the flat states' parts
+        reads.setdefault(t, []).append(copy.deepcopy(_states(state)))
+        return state, model
+    s1, m1, _ = _flat_run(rule, 5, dtype=dtype, between=read)
+    s2, m2, _ = _flat_run(rule, 5, dtype=dtype, disabled=True, between=read)
+    st = _store(s1)
+    assert st is not None and st.flat is not None and len(st.flat) == fast_jax_ffi._NSTATE[RULES[name][1]]
+    assert all(f.shape == (sum(int(np.prod(s)) for s in FLAT_SHAPES),) and f.dtype == dtype for f in st.flat)
+    _close(m1, m2, dtype)
+    _close(_states(s1), _states(s2), dtype)
+    for t in range(5):
+        _close(reads[t][0], reads[t][1], dtype)
+    assert len(calls) == 5
+
+
+def test_flat_states_in_place(calls):
+    """The flat arrays are donated and written by the call: the same memory every step."""
+    s, m, _ = _flat_run(ft.Adam(1e-2), 3)
+    before = [f.unsafe_buffer_pointer() for f in _store(s).flat]
+    s, m = ft.update_(s, m, [jnp.ones(sh, jnp.float32) for sh in FLAT_SHAPES])
+    jax.block_until_ready(m)
+    assert [f.unsafe_buffer_pointer() for f in _store(s).flat] == before
+
+
+@pytest.mark.parametrize("change", ["new model arrays", "a Leaf's state set", "a frozen Leaf", "a refused norm"])
+def test_leaving_the_flat_layout(change, calls):
+    """Steps that cannot chain from the flat store (the model's arrays replaced, a Leaf
+    detached or frozen, a ClipNorm refusing a gradient) take its states as they are, and
+    the run stays equal to the generic path's."""
+    rule = ft.OptimiserChain(ft.ClipNorm(50.0), ft.Adam(1e-2))
+
+    def between(t, state, model):
+        if t != 2:
+            return state, model
+        if change == "new model arrays":
+            model = [x + 0 for x in model]
+        elif change == "a Leaf's state set":
+            state[1].state = jax.tree.map(lambda a: a + 0, state[1].state)
+        elif change == "a frozen Leaf":
+            ft.freeze_(state[2])
+        return state, model
+
+    def grads(t, g):
+        if change == "a refused norm" and t == 3:
+            g[2] = jnp.full_like(g[2], jnp.inf)
+        return g
+    s1, m1, seen1 = _flat_run(rule, 6, between=between, grads=grads)
+    s2, m2, seen2 = _flat_run(rule, 6, disabled=True, between=between, grads=grads)
+    assert seen1 == seen2
+    _close(m1, m2, "float32")
+    _close(_states(s1), _states(s2), "float32")
+
+
+def test_flat_states_survive_pickling(calls):
+    """A state tree pickled from a flat store holds each Leaf's own arrays."""
+    s, m, _ = _flat_run(ft.Momentum(0.05, 0.8), 3)
+    s2 = pickle.loads(pickle.dumps(s))
+    for a, b in zip(s, s2):
+        np.testing.assert_array_equal(np.asarray(a.state), np.asarray(b.state))
+        assert b._store is None

@@ -38,8 +38,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import itertools
+import math
 import operator
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -335,6 +337,13 @@ class _Plan:
         self.reads_keep = False  # does out_map point at undonated inputs (set by the trace)?
         self.n_sx = n_state + k  # leaves of (states, xs); the gradients follow
         self._chains: bool | None = None
+        # set by the trace when the custom call steps the group: the input slots ``kin``
+        # and output positions ``kout`` of its per-array states ([q][i]), the arrays' shapes
+        self.n_outs: int | None = None
+        self.kin: tuple | None = None
+        self.kout: tuple | None = None
+        self.kshapes: tuple = ()
+        self._flat: "_FlatPlan | None | bool" = False  # not looked at yet
 
     def chains(self, npool: int) -> bool:
         """Can this step's outputs ``(new_states, new_xs)``, with fresh gradients, be the
@@ -372,6 +381,24 @@ class _Plan:
                 self.dups = tuple(dups)
         return self._chains
 
+    def flat_plan(self) -> "_FlatPlan | None":
+        """The program that steps this plan's store with the custom call's state arrays
+        kept flat (see ``_FlatPlan``), or None where that layout does not apply."""
+        if self._flat is False:
+            self._flat = _FlatPlan(self) if self._flat_ok() else None
+        return self._flat
+
+    def _flat_ok(self) -> bool:
+        kin, kout = self.kin, self.kout
+        if not (self.inplace and self._chains and kin and kout and len(kin[0]) > 1):
+            return False  # (one array: its state is already one buffer)
+        ins = [s for row in kin for s in row]
+        outs = [r for row in kout for r in row]
+        don = set(self.don_slots)
+        return (None not in ins and None not in outs and len(set(ins)) == len(ins) and len(set(outs)) == len(outs)
+                and all(s in don and not self.zero_d[s] for s in ins)
+                and all(self.out_map.count(r) == 1 for r in outs))
+
     def _clusters(self, n_state: int):
         """Per array: the positions of its 0-d state leaves, and its sharing cluster
         ``(rule, state structure, 0-d positions, their slots)`` or None."""
@@ -389,7 +416,7 @@ class _Plan:
         return tuple(zpos), tuple(cluster)
 
 
-def _traced(plan: _Plan, hyper, norms, don, keep):
+def _traced(plan: _Plan, hyper, norms, don, keep, flat: "_Flat | None" = None):
     ops: list = [None] * plan.nslots
     for s, a in zip(plan.don_slots, don):
         ops[s] = a
@@ -425,36 +452,132 @@ def _traced(plan: _Plan, hyper, norms, don, keep):
                 st = td.unflatten(leaves)
         new_states.append(st)
         new_xs.append(_new_x(x, delta))
+    extra = None
     if plan.ffi:
         # the rules' 0-d state (beta^t, a Scheduler's counter) stays theirs, shared as
         # above; the parameters and state arrays are replaced by the custom call's, and XLA
         # drops the rules' own computation of them
-        res = fast_jax_ffi.step(used, states, new_states, xs, gs)
+        res = fast_jax_ffi.step(used, states, new_states, xs, gs, flat=None if flat is None else flat.arrays)
         if res is not None:
-            new_xs, new_states = res
+            new_xs, new_states, extra = res
+    if flat is not None and extra is None:
+        raise _Mismatch  # (a flat layout exists only for steps the call does)
     # each distinct output once; an untouched, undonated input comes back as itself
     leaves, out_td = jax.tree.flatten((new_states, new_xs))
     kept = {id(a): k for k, a in enumerate(keep)}
+    skip = flat.view_ids if flat is not None else ()
     outs: list = []
     where: dict[int, int] = {}
-    ref = []
+    ref: list = []
     for a in leaves:
         r = where.get(id(a))
         if r is None:
             k = kept.get(id(a))
             if k is not None:
                 r = ~k
+            elif id(a) in skip:  # a view of a flat state: the flat array is returned instead
+                r = None
             else:
                 r = where[id(a)] = len(outs)
                 outs.append(a)
         ref.append(r)
+    if flat is not None:
+        flat.plan.record(ref, len(outs), len(keep))
+        return outs + list(extra)
     out_map = tuple(r if r >= 0 else len(outs) + ~r for r in ref)
     if plan.out_map is None:
         plan.out_map, plan.out_treedef = out_map, out_td
         plan.reads_keep = any(r < 0 for r in ref)
+        plan.n_outs = len(outs)
+        if extra is not None:  # where the call's per-array states come in and go out
+            slot_of = {id(a): s for s, a in enumerate(ops)}
+            plan.kin = tuple(tuple(slot_of.get(id(a)) for a in row) for row in extra[0])
+            plan.kout = tuple(tuple(where.get(id(a)) for a in row) for row in extra[1])
+            plan.kshapes = tuple(tuple(x.shape) for x in xs)
     elif plan.out_map != out_map or plan.out_treedef != out_td:
         raise _Mismatch  # a retrace (new shapes) that would return a different layout
     return outs
+
+
+class _FlatPlan:
+    """A :class:`Store`'s step with each state array of the custom call (Adam's ``m`` and
+    ``v``, Momentum's velocity, Lion's momentum) kept as one flat array for all the group's
+    arrays, the arrays' states one after the other. JAX's dispatch costs a few
+    microseconds per input and output buffer: at 1,000 arrays Adam passes 2,000 state
+    buffers in and out each step where two suffice. The layout is the store's own, between
+    ``update_`` steps: a Leaf's ``state`` read from the store is a copy of its part
+    (``Store.state_of``), so Optimisers.jl's per-array state stays the API.
+
+    The program is the per-array plan's own trace (``_traced``): the rules read views of
+    the flat arrays as their states (their own computation of those, unused, is dropped by
+    XLA), and the custom call updates the flat arrays in place. Its outputs are the
+    per-array plan's, less those states, plus the flat arrays; ``poolmap`` puts them back
+    in the per-array plan's places (None where a flat state's part would be)."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        pos = {s: j for j, s in enumerate(plan.don_slots)}
+        self.kdon = tuple(tuple(pos[s] for s in row) for row in plan.kin)  # where in ``don`` each view goes
+        ks = {j for row in self.kdon for j in row}
+        self.rest = tuple(j for j in range(len(plan.don_slots)) if j not in ks)
+        self.chain_rest = tuple(plan.chain_don[j] for j in self.rest)  # where the rest are in pool + gradients
+        self.sizes = tuple(math.prod(sh) for sh in plan.kshapes)
+        self.offs = tuple(itertools.accumulate((0,) + self.sizes[:-1]))
+        at = {r: q for q, row in enumerate(plan.kout) for r in row}
+        # per Leaf: (position among its state's leaves, q) of each part of a flat state
+        self.kpos = tuple(tuple((p, at[r]) for p, r in enumerate(idx) if r in at) for idx in plan.state_idx)
+        self.poolmap: tuple | None = None  # set by the trace
+        self.fn = jax.jit(functools.partial(_traced_flat, self), donate_argnums=(2, 4))
+        self.split = jax.jit(functools.partial(_split_flat, self))
+        self.join = jax.jit(functools.partial(_join_flat, self))
+
+    def record(self, ref: list, n_outs: int, n_keep: int) -> None:
+        """From the trace: ``ref`` per output leaf, as ``_traced`` numbers them (an output,
+        ``~k`` for kept input ``k``, None for a view), mapped onto the per-array plan's pool."""
+        P = self.plan
+        m: list = [None] * (P.n_outs + (n_keep if P.reads_keep else 0))
+        for r, pr in zip(ref, P.out_map):
+            v = None if r is None else (r if r >= 0 else n_outs + ~r)
+            if m[pr] is not None and m[pr] != v:
+                raise _Mismatch
+            m[pr] = v
+        if P.reads_keep:
+            for j in range(n_keep):
+                m[P.n_outs + j] = n_outs + j
+        none = n_outs + n_keep  # the index of a None appended after the kept inputs
+        self.poolmap = tuple(none if v is None else v for v in m)
+
+
+class _Flat(NamedTuple):
+    plan: _FlatPlan
+    arrays: list
+    view_ids: set
+
+
+def _views(fp: _FlatPlan, flat) -> list:
+    """Traced: ``[q][i]``, array ``i``'s part of flat state ``q``, in its shape."""
+    return [[jax.lax.slice_in_dim(f, o, o + n).reshape(sh) for o, n, sh in zip(fp.offs, fp.sizes, fp.plan.kshapes)]
+            for f in flat]
+
+
+def _traced_flat(fp: _FlatPlan, hyper, norms, don_rest, keep, flat):
+    don: list = [None] * len(fp.plan.don_slots)
+    for j, a in zip(fp.rest, don_rest):
+        don[j] = a
+    ids = set()
+    for row, views in zip(fp.kdon, _views(fp, flat)):
+        for j, v in zip(row, views):
+            don[j] = v
+            ids.add(id(v))
+    return _traced(fp.plan, hyper, norms, don, keep, _Flat(fp, list(flat), ids))
+
+
+def _split_flat(fp: _FlatPlan, flat):
+    return _views(fp, flat)
+
+
+def _join_flat(fp: _FlatPlan, per):
+    return [jnp.concatenate([a.reshape(-1) for a in row]) for row in per]
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -564,7 +687,7 @@ class Store:
     only to a new store, so one that lost a Leaf is never updated again (only read)."""
 
     __slots__ = ("plan", "pool", "xs", "rules", "hyper", "steps", "cache", "copies", "n", "order", "g_avals",
-                 "g_sh", "__weakref__")
+                 "g_sh", "flat", "fplan", "parts", "__weakref__")
 
     def __init__(self, plan: _Plan) -> None:
         self.plan, self.n = plan, len(plan.state_tds)
@@ -578,11 +701,23 @@ class Store:
         self.copies: list | None = None
         self.g_avals: list | None = None  # the gradients' avals and placements last accepted
         self.g_sh: tuple = (None, None)  # (their sharding ids, the shardings kept alive)
+        self.flat: list | None = None  # the flat states (``_FlatPlan``), when the store keeps them so
+        self.fplan: _FlatPlan | None = None
+        self.parts: list | None = None  # ``[q][i]``: copies of the flat states' parts, made when read
+
+    def _leaves(self, i: int) -> list:
+        leaves = list(map(self.pool.__getitem__, self.plan.state_idx[i]))
+        if self.flat is not None:
+            if self.parts is None:  # every Leaf's parts in one compiled call, once per step
+                self.parts = self.fplan.split(self.flat)
+            for p, q in self.fplan.kpos[i]:
+                leaves[p] = self.parts[q][i]
+        return leaves
 
     def raw_state_of(self, i: int) -> Any:
         """Leaf ``i``'s state as the program returned it: 0-d arrays shared with other
         Leafs stay shared (the route passes them back once)."""
-        return self.plan.state_tds[i].unflatten(list(map(self.pool.__getitem__, self.plan.state_idx[i])))
+        return self.plan.state_tds[i].unflatten(self._leaves(i))
 
     def state_of(self, i: int) -> Any:
         """Leaf ``i``'s state as ``Leaf.state`` hands it out, built once per step: arrays
@@ -596,7 +731,7 @@ class Store:
         st = c[i]
         if st is None:
             plan = self.plan
-            leaves = list(map(self.pool.__getitem__, plan.state_idx[i]))
+            leaves = self._leaves(i)
             if plan.copy_of[i]:
                 if self.copies is None:
                     self.copies = _copies(list(map(self.pool.__getitem__, plan.dups)))
@@ -625,6 +760,24 @@ def _fresh(s: Store, gs):
     if len(gids) == len(gs) and not any(map(gids.__contains__, map(id, s.pool))):
         return s.pool + list(gs)
     return None
+
+
+def _flat_for(s: Store, gs) -> tuple:
+    """``(flat plan, pool + gradients)`` when the store ``s``, chained, keeps or can keep its
+    custom call's states flat (they are joined now, once); ``(None, None)`` otherwise."""
+    if s.flat is not None:
+        return s.fplan, None
+    fp = s.plan.flat_plan()
+    if fp is None:
+        return None, None
+    kout = s.plan.kout
+    flat = fp.join([[s.pool[r] for r in row] for row in kout])
+    pool = list(s.pool)
+    for row in kout:
+        for r in row:
+            pool[r] = None
+    s.pool, s.flat, s.fplan, s.parts, s.cache, s.copies = pool, flat, fp, None, None, None
+    return fp, _fresh(s, gs)
 
 
 def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | None = None,
@@ -675,10 +828,14 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
         if not bool(ok):
             return NotImplemented  # the generic path raises ClipNorm's DomainError
     src = (_fresh(held, gs) if steady else _chained(held, spec, inplace, xs, gs)) if held is not None else None
+    fp = None
     if src is not None:
         plan = held.plan
         key = plan.key
-        don = list(map(src.__getitem__, plan.chain_don))
+        fp, src2 = _flat_for(held, gs)
+        if src2 is not None:
+            src = src2
+        don = list(map(src.__getitem__, plan.chain_don if fp is None else fp.chain_rest))
         keep = list(map(src.__getitem__, plan.chain_keep))
     else:
         held = None
@@ -698,18 +855,31 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
         if plan.zd:  # 0-d state a store's plan donates, perhaps held by Leafs outside this step
             don = _copy_at(don, plan.zd)
     try:
-        outs = plan.fn(_arg_arrays(hyper), norms, don, keep)
+        if fp is not None:
+            outs = fp.fn(_arg_arrays(hyper), norms, don, keep, held.flat)
+        else:
+            outs = plan.fn(_arg_arrays(hyper), norms, don, keep)
     except _Mismatch:
+        if fp is not None:
+            plan._flat = None  # never again: the store's next steps take the per-array program
+            return NotImplemented
         _PLANS.pop(key, None)
         _LAST.pop((spec, inplace, store, plan.ffi), None)
         return NotImplemented
     except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError, TypeError):
         return NotImplemented  # a rule that cannot be traced: the generic path decides
-    pool = outs + keep if plan.reads_keep else outs
-    if store and plan.chains(len(pool)):
+    if fp is not None:
+        nf = len(outs) - len(held.flat)
+        flat, srcs = outs[nf:], outs[:nf] + keep
+        srcs.append(None)
+        pool = list(map(srcs.__getitem__, fp.poolmap))
+    else:
+        flat, pool = None, outs + keep if plan.reads_keep else outs
+    if store and (fp is not None or plan.chains(len(pool))):
         st = held if held is not None else Store(plan)
         new_xs = list(map(pool.__getitem__, plan.x_idx))
         st.pool, st.xs, st.rules, st.hyper, st.cache, st.copies = pool, new_xs, given, hyper, None, None
+        st.flat, st.fplan, st.parts = flat, fp, None
         st.steps = None if steps is None else list(map((1).__add__, steps))
         return st, new_xs
     out = list(map(pool.__getitem__, plan.out_map))

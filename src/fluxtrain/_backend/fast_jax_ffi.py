@@ -140,6 +140,9 @@ def _readers():
 
 _NSTATE = {"adam": 2, "momentum": 1, "lion": 1}  # state arrays per parameter
 TARGETS = {kind: "fluxtrain_" + kind for kind in _NSTATE}
+# the same kernels with each state kept in one flat array for all parameters (see step)
+TARGETS_FLAT = {kind: f"fluxtrain_{kind}_flat" for kind in _NSTATE}
+_ITEMSIZE = {_F32: 4, _F64: 8}
 
 # the per-array scalar table S (one row per array, in the arrays' dtype): what the handler
 # needs to rebuild each array's rule and kernel row, then its clip scale
@@ -148,25 +151,36 @@ _COLS = ("eta", "beta1", "beta2", "epsilon", "lambda", "mode", "decay", "has_dec
 _W = len(_COLS)
 
 
-def _step(frame, kind: str) -> None:
+def _step(frame, kind: str, flat: bool) -> None:
     """Arguments: ``x``, ``g``, then the state arrays (``m``, ``v`` for Adam's kind, ``s`` or
-    ``v`` for the others), K of each, then ``S`` (K x ``_W``, see ``_COLS``); results ``x``
-    and the state arrays, each aliased to its argument."""
+    ``v`` for the others), K of each, or with ``flat`` one array per state holding all K
+    arrays' states one after the other, then ``S`` (K x ``_W``, see ``_COLS``); results
+    ``x`` and the state arrays, each aliased to its argument."""
     buffers = _readers()
     n, ns = frame.args.size, _NSTATE[kind]
-    k = (n - 1) // (2 + ns)
+    k = (n - 1 - ns) // 2 if flat else (n - 1) // (2 + ns)
+    name = (TARGETS_FLAT if flat else TARGETS)[kind]
     dt, data, sizes = buffers(np.ctypeslib.as_array(frame.args.items, shape=(n,)))
     # what the kernels will write through these addresses must be what they are
-    if (n != (2 + ns) * k + 1 or dt[0] not in (_F32, _F64) or not (dt == dt[0]).all() or sizes[n - 1] != _W * k
-            or not all(np.array_equal(sizes[:k], sizes[j * k:(j + 1) * k]) for j in range(1, 2 + ns))):
-        raise TypeError(f"{TARGETS[kind]}: unexpected arguments (dtypes, sizes or count)")
+    if flat:
+        shaped = n == 2 * k + ns + 1 and np.array_equal(sizes[:k], sizes[k:2 * k]) and all(
+            sizes[2 * k + q] == sizes[:k].sum() for q in range(ns))
+    else:
+        shaped = n == (2 + ns) * k + 1 and all(
+            np.array_equal(sizes[:k], sizes[j * k:(j + 1) * k]) for j in range(1, 2 + ns))
+    if not shaped or dt[0] not in (_F32, _F64) or not (dt == dt[0]).all() or sizes[n - 1] != _W * k:
+        raise TypeError(f"{name}: unexpected arguments (dtypes, sizes or count)")
     f = np.float32 if dt[0] == _F32 else np.float64
     _, out, _ = buffers(np.ctypeslib.as_array(frame.rets.items, shape=(frame.rets.size,)))
     # results aliased to their arguments: XLA passes the same buffers (copying an argument
     # first where it must survive the call), so the kernels write the results in place
     if not (np.array_equal(out[:k], data[:k]) and np.array_equal(out[k:], data[2 * k:n - 1])):
-        raise RuntimeError(f"{TARGETS[kind]}: results not aliased to their arguments")
-    P = data[:n - 1].reshape(2 + ns, k).T.copy()
+        raise RuntimeError(f"{name}: results not aliased to their arguments")
+    if flat:  # each array's state starts where the previous arrays' end
+        offsets = (np.cumsum(sizes[:k]) - sizes[:k]) * _ITEMSIZE[dt[0]]
+        P = np.stack([data[:k], data[k:2 * k]] + [data[2 * k + q] + offsets for q in range(ns)], axis=1)
+    else:
+        P = data[:n - 1].reshape(2 + ns, k).T.copy()
     S = np.ctypeslib.as_array(ctypes.cast(int(data[n - 1]), ctypes.POINTER(np.ctypeslib.as_ctypes_type(f))),
                               shape=(k, _W))
     if k and (S[:, :-1] == S[0, :-1]).all():  # one rule and one beta^t for all (the usual case)
@@ -192,7 +206,7 @@ def _kernel_row(kind: str, row: list, f) -> tuple:
     return fast_numpy.kernel_row(kind, sc, p1, p2, wd, bool(has_clip), bool(has_decay))
 
 
-def _handler(kind: str):
+def _handler(kind: str, flat: bool):
     def handle(fp):
         try:
             frame = fp.contents
@@ -205,7 +219,7 @@ def _handler(kind: str):
                 return None
             if frame.stage != _EXECUTE:
                 return None
-            _step(frame, kind)
+            _step(frame, kind, flat)
             return None
         except BaseException:  # noqa: BLE001 - reported to XLA, which raises it in the caller
             msg = traceback.format_exc().encode("utf-8", "replace")
@@ -226,9 +240,10 @@ def _register() -> bool:
         if fast_numpy.kernels() is None:
             raise ImportError("numba")
         _readers()
-        hs = {kind: _handler(kind) for kind in TARGETS}
-        for kind, h in hs.items():
-            jax.ffi.register_ffi_target(TARGETS[kind], jax.ffi.pycapsule(ctypes.cast(h, ctypes.c_void_p).value),
+        hs = {name: _handler(kind, flat) for flat, names in ((False, TARGETS), (True, TARGETS_FLAT))
+              for kind, name in names.items()}
+        for name, h in hs.items():
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(ctypes.cast(h, ctypes.c_void_p).value),
                                         platform="cpu")
         _STATE["handler"] = hs
     except Exception:  # noqa: BLE001 - no numba, or a jax without the typed FFI: XLA's own step
@@ -332,12 +347,18 @@ def _table(kind: str, parts: list, bases: list, xs: list, gs: list, dtype):
     return jnp.stack(cols, axis=1)
 
 
-def step(rules: list, states: list, new_states: list, xs: list, gs: list):
-    """Traced: ``(new_xs, new_states)`` after the step of each array ``xs[i]`` with its rule
-    ``rules[i]`` (hyper-parameters traced or not; a pre-checked ClipNorm's norm already in
-    it) from ``states[i]``, by one custom call; ``new_states`` are the rules' own (traced)
-    new states, whose arrays the call's replace. None when the states are not the
-    kernel's (then the rules' own step stands)."""
+def step(rules: list, states: list, new_states: list, xs: list, gs: list, flat: list | None = None):
+    """Traced: ``(new_xs, new_states, extra)`` after the step of each array ``xs[i]`` with
+    its rule ``rules[i]`` (hyper-parameters traced or not; a pre-checked ClipNorm's norm
+    already in it) from ``states[i]``, by one custom call; ``new_states`` are the rules'
+    own (traced) new states, whose arrays the call's replace. None when the states are not
+    the kernel's (then the rules' own step stands).
+
+    ``extra``: ``(ins, outs)``, the per-array state arrays the call read and returned,
+    ``[q][i]`` for state ``q`` of array ``i``. With ``flat`` (one array per state, the
+    arrays' states one after the other, as ``states`` view them), the call updates those
+    flat arrays instead; ``new_states`` then keep the views read, and ``extra`` is the
+    new flat arrays."""
     parts = [_parts(r) for r in rules]
     kind = parts[0][0]
     ns = _NSTATE[kind]
@@ -349,15 +370,19 @@ def step(rules: list, states: list, new_states: list, xs: list, gs: list):
             return None
         if kind == "adam" and not (type(b[2]) is tuple and len(b[2]) == 2 and all(jnp.ndim(p) == 0 for p in b[2])):
             return None
+    if flat is not None and not (len(flat) == ns and all(f.dtype == dtype for f in flat)):
+        return None
 
     S = _table(kind, parts, bases, xs, gs, dtype)
     k = len(xs)
-    flat = [a[q] for q in range(ns) for a in arrs]
-    shapes = [jax.ShapeDtypeStruct(a.shape, dtype) for a in (*xs, *flat)]
-    aliases = {**{i: i for i in range(k)}, **{2 * k + i: k + i for i in range(ns * k)}}
-    out = jax.ffi.ffi_call(TARGETS[kind], shapes, input_output_aliases=aliases)(*xs, *gs, *flat, S)
+    ins = [[a[q] for a in arrs] for q in range(ns)]
+    state_args = flat if flat is not None else [a for row in ins for a in row]
+    shapes = [jax.ShapeDtypeStruct(a.shape, dtype) for a in (*xs, *state_args)]
+    aliases = {**{i: i for i in range(k)}, **{2 * k + i: k + i for i in range(len(state_args))}}
+    target = (TARGETS if flat is None else TARGETS_FLAT)[kind]
+    out = jax.ffi.ffi_call(target, shapes, input_output_aliases=aliases)(*xs, *gs, *state_args, S)
     new_xs = list(out[:k])
-    news = [list(out[k * (1 + q):k * (2 + q)]) for q in range(ns)]
+    news = ins if flat is not None else [list(out[k * (1 + q):k * (2 + q)]) for q in range(ns)]
     result = []
     for i, (r, st) in enumerate(zip(rules, new_states)):
         if kind == "adam":
@@ -365,4 +390,4 @@ def step(rules: list, states: list, new_states: list, xs: list, gs: list):
         else:
             new = news[0][i]
         result.append(_with_base(r, st, new))
-    return new_xs, result
+    return new_xs, result, (list(out[k:]) if flat is not None else (ins, news))
