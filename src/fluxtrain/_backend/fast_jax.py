@@ -576,8 +576,8 @@ def _split_flat(fp: _FlatPlan, flat):
     return _views(fp, flat)
 
 
-def _join_flat(fp: _FlatPlan, per):
-    return [jnp.concatenate([a.reshape(-1) for a in row]) for row in per]
+def _join_flat(fp: _FlatPlan, row):
+    return jnp.concatenate([a.reshape(-1) for a in row])
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -771,7 +771,8 @@ def _flat_for(s: Store, gs) -> tuple:
     if fp is None:
         return None, None
     kout = s.plan.kout
-    flat = fp.join([[s.pool[r] for r in row] for row in kout])
+    # (all states joined before the store changes: an error leaves it as it was)
+    flat = [fp.join([s.pool[r] for r in row]) for row in kout]
     pool = list(s.pool)
     for row in kout:
         for r in row:
