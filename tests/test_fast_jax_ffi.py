@@ -358,3 +358,26 @@ def test_flat_states_survive_pickling(calls):
     for a, b in zip(s, s2):
         np.testing.assert_array_equal(np.asarray(a.state), np.asarray(b.state))
         assert b._store is None
+
+
+def test_flat_states_of_models_of_one_structure_and_other_shapes(calls):
+    """One compiled plan serves the models of one tree structure whatever their shapes
+    (``jax.jit`` traces again): each keeps the flat layout of its own shapes (another's
+    would misplace every array's part of the states)."""
+    rule = ft.Adam(1e-2)
+    rng = np.random.default_rng(0)
+    models = {}
+    for name, shapes in (("a", FLAT_SHAPES), ("b", FLAT_SHAPES[::-1])):
+        m = [jnp.asarray(rng.standard_normal(s).astype("float32")) for s in shapes]
+        models[name] = [shapes, m, ft.setup(rule, m), [a + 0 for a in m]]
+        models[name].append(ft.setup(rule, models[name][3]))
+    for _ in range(4):
+        for shapes, m, s, m2, s2 in models.values():
+            g = [jnp.asarray(rng.standard_normal(sh).astype("float32")) for sh in shapes]
+            m[:] = ft.update_(s, m, g)[1]
+            with fast.disabled():
+                m2[:] = ft.update_(s2, m2, [a + 0 for a in g])[1]
+    for shapes, m, s, m2, s2 in models.values():
+        assert _store(s).flat is not None
+        _close(m, m2, "float32")
+        _close(_states(s), _states(s2), "float32")

@@ -338,12 +338,12 @@ class _Plan:
         self.n_sx = n_state + k  # leaves of (states, xs); the gradients follow
         self._chains: bool | None = None
         # set by the trace when the custom call steps the group: the input slots ``kin``
-        # and output positions ``kout`` of its per-array states ([q][i]), the arrays' shapes
+        # and output positions ``kout`` of its per-array states ([q][i])
         self.n_outs: int | None = None
         self.kin: tuple | None = None
         self.kout: tuple | None = None
-        self.kshapes: tuple = ()
-        self._flat: "_FlatPlan | None | bool" = False  # not looked at yet
+        self.flat_ok: bool | None = None  # not looked at yet
+        self._flats: dict[tuple, _FlatPlan] = {}  # per the arrays' shapes (one program serves several)
 
     def chains(self, npool: int) -> bool:
         """Can this step's outputs ``(new_states, new_xs)``, with fresh gradients, be the
@@ -381,14 +381,23 @@ class _Plan:
                 self.dups = tuple(dups)
         return self._chains
 
-    def flat_plan(self) -> "_FlatPlan | None":
-        """The program that steps this plan's store with the custom call's state arrays
-        kept flat (see ``_FlatPlan``), or None where that layout does not apply."""
-        if self._flat is False:
-            self._flat = _FlatPlan(self) if self._flat_ok() else None
-        return self._flat
+    def flat_plan(self, shapes: tuple) -> "_FlatPlan | None":
+        """The program that steps this plan's store, whose arrays have these ``shapes``, with
+        the custom call's state arrays kept flat (see ``_FlatPlan``), or None where that
+        layout does not apply. Per shapes: a plan is kept per tree structure, and serves
+        models of other shapes too (``jax.jit`` traces again), whose flat layout differs."""
+        if self.flat_ok is None:
+            self.flat_ok = self._flat_possible()
+        if not self.flat_ok:
+            return None
+        fp = self._flats.get(shapes)
+        if fp is None:
+            if len(self._flats) >= _PLANS_MAX:
+                del self._flats[next(iter(self._flats))]
+            fp = self._flats[shapes] = _FlatPlan(self, shapes)
+        return fp
 
-    def _flat_ok(self) -> bool:
+    def _flat_possible(self) -> bool:
         kin, kout = self.kin, self.kout
         if not (self.inplace and self._chains and kin and kout and len(kin[0]) > 1):
             return False  # (one array: its state is already one buffer)
@@ -493,7 +502,6 @@ def _traced(plan: _Plan, hyper, norms, don, keep, flat: "_Flat | None" = None):
             slot_of = {id(a): s for s, a in enumerate(ops)}
             plan.kin = tuple(tuple(slot_of.get(id(a)) for a in row) for row in extra[0])
             plan.kout = tuple(tuple(where.get(id(a)) for a in row) for row in extra[1])
-            plan.kshapes = tuple(tuple(x.shape) for x in xs)
     elif plan.out_map != out_map or plan.out_treedef != out_td:
         raise _Mismatch  # a retrace (new shapes) that would return a different layout
     return outs
@@ -514,14 +522,14 @@ class _FlatPlan:
     per-array plan's, less those states, plus the flat arrays; ``poolmap`` puts them back
     in the per-array plan's places (None where a flat state's part would be)."""
 
-    def __init__(self, plan: _Plan) -> None:
-        self.plan = plan
+    def __init__(self, plan: _Plan, shapes: tuple) -> None:
+        self.plan, self.shapes = plan, shapes
         pos = {s: j for j, s in enumerate(plan.don_slots)}
         self.kdon = tuple(tuple(pos[s] for s in row) for row in plan.kin)  # where in ``don`` each view goes
         ks = {j for row in self.kdon for j in row}
         self.rest = tuple(j for j in range(len(plan.don_slots)) if j not in ks)
         self.chain_rest = tuple(plan.chain_don[j] for j in self.rest)  # where the rest are in pool + gradients
-        self.sizes = tuple(math.prod(sh) for sh in plan.kshapes)
+        self.sizes = tuple(math.prod(sh) for sh in shapes)
         self.offs = tuple(itertools.accumulate((0,) + self.sizes[:-1]))
         at = {r: q for q, row in enumerate(plan.kout) for r in row}
         # per Leaf: (position among its state's leaves, q) of each part of a flat state
@@ -556,7 +564,7 @@ class _Flat(NamedTuple):
 
 def _views(fp: _FlatPlan, flat) -> list:
     """Traced: ``[q][i]``, array ``i``'s part of flat state ``q``, in its shape."""
-    return [[jax.lax.slice_in_dim(f, o, o + n).reshape(sh) for o, n, sh in zip(fp.offs, fp.sizes, fp.plan.kshapes)]
+    return [[jax.lax.slice_in_dim(f, o, o + n).reshape(sh) for o, n, sh in zip(fp.offs, fp.sizes, fp.shapes)]
             for f in flat]
 
 
@@ -767,7 +775,7 @@ def _flat_for(s: Store, gs) -> tuple:
     custom call's states flat (they are joined now, once); ``(None, None)`` otherwise."""
     if s.flat is not None:
         return s.fplan, None
-    fp = s.plan.flat_plan()
+    fp = s.plan.flat_plan(tuple(x.shape for x in s.xs))
     if fp is None:
         return None, None
     kout = s.plan.kout
@@ -862,7 +870,7 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
             outs = plan.fn(_arg_arrays(hyper), norms, don, keep)
     except _Mismatch:
         if fp is not None:
-            plan._flat = None  # never again: the store's next steps take the per-array program
+            plan.flat_ok = False  # never again: the store's next steps take the per-array program
             return NotImplemented
         _PLANS.pop(key, None)
         _LAST.pop((spec, inplace, store, plan.ffi), None)
