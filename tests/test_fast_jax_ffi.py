@@ -395,3 +395,20 @@ def test_states_read_from_flat_arrays_are_their_own(calls):
     assert _store(s).flat is not None
     for a, b in zip([a for st in held for a in jax.tree.leaves(st)], snap):
         np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_a_new_store_steps_flat_from_its_first_step(monkeypatch):
+    """The first update_ of a new store already takes the flat call: the per-array program
+    (slow to compile with one aliased state buffer per array) is traced, not run."""
+    seen = []
+    real = fast_jax_ffi._step
+
+    def recording(frame, kind, flat):
+        seen.append(flat)
+        return real(frame, kind, flat)
+    monkeypatch.setattr(fast_jax_ffi, "_step", recording)
+    s, m, _ = _flat_run(ft.OptimiserChain(ft.ClipNorm(50.0), ft.Momentum(0.05, 0.8)), 1)
+    assert seen == [True] and _store(s).flat is not None
+    s2, m2, _ = _flat_run(ft.OptimiserChain(ft.ClipNorm(50.0), ft.Momentum(0.05, 0.8)), 1, disabled=True)
+    _close(m, m2, "float32")
+    _close(_states(s), _states(s2), "float32")
