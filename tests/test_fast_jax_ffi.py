@@ -31,14 +31,23 @@ def small_groups_too(monkeypatch):
     monkeypatch.setattr(fast_jax_ffi, "MIN_ELEMENTS", 0)
 
 
+class _Calls(list):
+    """The kernels of the custom calls that ran; ``flat``: whether each took flat states."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flat: list = []
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """The kernels of the custom calls that ran (each step of a group is one)."""
-    seen = []
+    seen = _Calls()
     real = fast_jax_ffi._step
 
     def counting(frame, kind, flat):
         seen.append(kind)
+        seen.flat.append(flat)
         return real(frame, kind, flat)
     monkeypatch.setattr(fast_jax_ffi, "_step", counting)
     return seen
@@ -397,18 +406,11 @@ def test_states_read_from_flat_arrays_are_their_own(calls):
         np.testing.assert_array_equal(np.asarray(a), b)
 
 
-def test_a_new_store_steps_flat_from_its_first_step(monkeypatch):
+def test_a_new_store_steps_flat_from_its_first_step(calls):
     """The first update_ of a new store already takes the flat call: the per-array program
     (slow to compile with one aliased state buffer per array) is traced, not run."""
-    seen = []
-    real = fast_jax_ffi._step
-
-    def recording(frame, kind, flat):
-        seen.append(flat)
-        return real(frame, kind, flat)
-    monkeypatch.setattr(fast_jax_ffi, "_step", recording)
     s, m, _ = _flat_run(ft.OptimiserChain(ft.ClipNorm(50.0), ft.Momentum(0.05, 0.8)), 1)
-    assert seen == [True] and _store(s).flat is not None
+    assert calls.flat == [True] and _store(s).flat is not None
     s2, m2, _ = _flat_run(ft.OptimiserChain(ft.ClipNorm(50.0), ft.Momentum(0.05, 0.8)), 1, disabled=True)
     _close(m, m2, "float32")
     _close(_states(s), _states(s2), "float32")
