@@ -414,3 +414,15 @@ def test_a_new_store_steps_flat_from_its_first_step(calls):
     s2, m2, _ = _flat_run(ft.OptimiserChain(ft.ClipNorm(50.0), ft.Momentum(0.05, 0.8)), 1, disabled=True)
     _close(m, m2, "float32")
     _close(_states(s), _states(s2), "float32")
+
+
+def test_a_model_replaced_every_step_stays_per_array(calls):
+    """Steps that never chain (the model's arrays replaced before each) leave the flat
+    layout once and stay per array, rather than joining every state again at each step."""
+    def between(t, state, model):
+        return state, [x + 0 for x in model]
+    s1, m1, _ = _flat_run(ft.Adam(1e-2), 5, between=between)
+    s2, m2, _ = _flat_run(ft.Adam(1e-2), 5, disabled=True, between=between)
+    assert calls.flat == [True] + [False] * 4
+    _close(m1, m2, "float32")
+    _close(_states(s1), _states(s2), "float32")

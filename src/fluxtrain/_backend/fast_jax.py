@@ -895,7 +895,10 @@ def step(rules, states, xs, gs, *, inplace, store: bool = False, held: Store | N
         keep = list(map(leaves.__getitem__, plan.keep_pos))
         if plan.zd:  # 0-d state a store's plan donates, perhaps held by Leafs outside this step
             don = _copy_at(don, plan.zd)
-        if store and inplace and plan.ffi:
+        # a new store steps flat from the start; one replacing a store whose step could not
+        # chain (new model arrays, say) stays per array: were that every step, joining the
+        # states each time would copy them all
+        if store and inplace and plan.ffi and p is None:
             fp, flat_in, don = _flat_start(plan, hyper, norms, don, keep, xs)
     try:
         if fp is not None:
