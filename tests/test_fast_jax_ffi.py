@@ -106,7 +106,11 @@ RULES = {
 def test_equals_the_generic_path(name, dtype, pure, calls):
     rule, kind = RULES[name]
     s1, m1 = _run(rule, dtype, 4, pure=pure)
-    assert calls == [kind] * 4  # one call a step for the whole group
+    # one call a step for the whole group; update (no donation) keeps XLA's program, which
+    # the call, writing copies XLA makes of its buffers first, did not beat
+    assert calls == ([] if pure else [kind] * 4)
+    if pure and dtype == "float32":
+        return  # XLA's own program: a few ulps a step (FMAs), compared in float64 (as in test_fast_jax)
     s2, m2 = _run(rule, dtype, 4, disabled=True, pure=pure)
     _close(m1, m2, dtype)
     _close(_states(s1), _states(s2), dtype)
