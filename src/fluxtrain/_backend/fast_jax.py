@@ -11,9 +11,9 @@ allocation, half the memory traffic). Consequence: after ``update_`` the previou
 arrays of the parameters and of the optimiser state are deleted; use the returned
 ``(state, model)`` (or the containers ``update_`` rebinds), as the contract says. ``update``
 (pure) uses the same compiled program without donation and never invalidates its inputs.
-On the CPU a group of ``Adam``, ``AdamW``, ``Momentum`` or ``Lion`` rules (also behind a
-``ClipNorm``/``WeightDecay`` prefix, or scheduled) does its parameters and state arrays
-inside that program by one custom call into the numba kernels
+On the CPU, in ``update_``, a group of ``Adam``, ``AdamW``, ``Momentum`` or ``Lion`` rules
+(also behind a ``ClipNorm``/``WeightDecay`` prefix, or scheduled) does its parameters and
+state arrays inside that program by one custom call into the numba kernels
 (:mod:`fluxtrain._backend.fast_jax_ffi`): XLA's own code for Adam takes three passes per
 array where the kernels take one.
 
