@@ -523,20 +523,20 @@ class _FlatPlan:
     in the per-array plan's places (None where a flat state's part would be)."""
 
     def __init__(self, plan: _Plan, shapes: tuple) -> None:
-        self.plan, self.shapes = plan, shapes
+        self.plan = plan
         pos = {s: j for j, s in enumerate(plan.don_slots)}
         self.kdon = tuple(tuple(pos[s] for s in row) for row in plan.kin)  # where in ``don`` each view goes
         ks = {j for row in self.kdon for j in row}
         self.rest = tuple(j for j in range(len(plan.don_slots)) if j not in ks)
         self.chain_rest = tuple(plan.chain_don[j] for j in self.rest)  # where the rest are in pool + gradients
-        self.sizes = tuple(math.prod(sh) for sh in shapes)
-        self.offs = tuple(itertools.accumulate((0,) + self.sizes[:-1]))
+        sizes = tuple(math.prod(sh) for sh in shapes)
+        # per array: where its part of each flat state starts, its size and its shape
+        self.spans = tuple(zip(itertools.accumulate((0,) + sizes[:-1]), sizes, shapes))
         at = {r: q for q, row in enumerate(plan.kout) for r in row}
         # per Leaf: (position among its state's leaves, q) of each part of a flat state
         self.kpos = tuple(tuple((p, at[r]) for p, r in enumerate(idx) if r in at) for idx in plan.state_idx)
         self.poolmap: tuple | None = None  # set by the trace
         self.fn = jax.jit(functools.partial(_traced_flat, self), donate_argnums=(2, 4))
-        self.join = jax.jit(functools.partial(_join_flat, self))
 
     def parts(self, flat: list) -> list:
         """``[q][i]``: a copy of array ``i``'s part of flat state ``q``, in its shape, on the
@@ -549,8 +549,7 @@ class _FlatPlan:
             dev = next(iter(f.devices()))
             v = np.asarray(f)
             # (a copy first: device_put may alias NumPy memory that is suitably aligned)
-            out.append([jax.device_put(v[o:o + n].reshape(sh).copy(), dev)
-                        for o, n, sh in zip(self.offs, self.sizes, self.shapes)])
+            out.append([jax.device_put(v[o:o + n].reshape(sh).copy(), dev) for o, n, sh in self.spans])
             del v
         return out
 
@@ -577,25 +576,21 @@ class _Flat(NamedTuple):
     view_ids: set
 
 
-def _views(fp: _FlatPlan, flat) -> list:
-    """Traced: ``[q][i]``, array ``i``'s part of flat state ``q``, in its shape."""
-    return [[jax.lax.slice_in_dim(f, o, o + n).reshape(sh) for o, n, sh in zip(fp.offs, fp.sizes, fp.shapes)]
-            for f in flat]
-
-
 def _traced_flat(fp: _FlatPlan, hyper, norms, don_rest, keep, flat):
     don: list = [None] * len(fp.plan.don_slots)
     for j, a in zip(fp.rest, don_rest):
         don[j] = a
     ids = set()
-    for row, views in zip(fp.kdon, _views(fp, flat)):
-        for j, v in zip(row, views):
-            don[j] = v
+    for row, f in zip(fp.kdon, flat):  # each array's part of each flat state, as its state
+        for j, (o, n, sh) in zip(row, fp.spans):
+            don[j] = v = jax.lax.slice_in_dim(f, o, o + n).reshape(sh)
             ids.add(id(v))
     return _traced(fp.plan, hyper, norms, don, keep, _Flat(fp, list(flat), ids))
 
 
-def _join_flat(fp: _FlatPlan, row):
+@jax.jit
+def _join(row: list):
+    """One flat array of the arrays ``row``, one after the other."""
     return jnp.concatenate([a.reshape(-1) for a in row])
 
 
@@ -791,7 +786,7 @@ def _flat_for(s: Store, gs) -> tuple:
         return None, None
     kout = s.plan.kout
     # (all states joined before the store changes: an error leaves it as it was)
-    flat = [fp.join([s.pool[r] for r in row]) for row in kout]
+    flat = [_join([s.pool[r] for r in row]) for row in kout]
     pool = list(s.pool)
     for row in kout:
         for r in row:
@@ -816,7 +811,7 @@ def _flat_start(plan: _Plan, hyper, norms, don: list, keep: list, xs: list) -> t
     fp = plan.flat_plan(tuple(x.shape for x in xs))
     if fp is None:
         return None, None, don
-    flat = [fp.join([don[j] for j in row]) for row in fp.kdon]
+    flat = [_join([don[j] for j in row]) for row in fp.kdon]
     return fp, flat, [don[j] for j in fp.rest]
 
 
