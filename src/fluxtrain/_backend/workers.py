@@ -39,10 +39,13 @@ _GETCPU = _sched_getcpu()
 
 
 class _Pool:
-    def __init__(self, n: int) -> None:
+    def __init__(self) -> None:
         self.pid = os.getpid()  # a forked child has none of these threads
         self.workers: list[tuple[int, queue.SimpleQueue]] = []
-        for i in range(n):
+
+    def grow(self, n: int) -> None:
+        """At least ``n`` workers (the threads already started stay in use)."""
+        for i in range(len(self.workers), n):
             jobs: queue.SimpleQueue = queue.SimpleQueue()
             started: queue.SimpleQueue = queue.SimpleQueue()
             threading.Thread(target=_serve, args=(jobs, started), name=f"fluxtrain-{i}", daemon=True).start()
@@ -68,8 +71,9 @@ def _serve(jobs: queue.SimpleQueue, started: queue.SimpleQueue) -> None:
 def _pool(n: int) -> _Pool:
     global _POOL
     with _LOCK:
-        if _POOL is None or _POOL.pid != os.getpid() or len(_POOL.workers) < n:
-            _POOL = _Pool(n)
+        if _POOL is None or _POOL.pid != os.getpid():
+            _POOL = _Pool()
+        _POOL.grow(n)
         return _POOL
 
 
