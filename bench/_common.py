@@ -42,12 +42,14 @@ def _quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 
 def interleaved(cases: dict[str, Callable[[], object]], reps: int, warmup: int = 2,
-                inner: int = 1) -> dict[str, Timing]:
+                inner: int = 1, prime: int = 1) -> dict[str, Timing]:
     """Median time of each case over ``reps`` interleaved repetitions.
 
     ``warmup`` untimed calls per case come first (JIT compilation, allocator warm-up); a
     case that raises during warm-up is dropped and reported by name on stderr. ``inner``
-    calls are timed together and divided (for sub-millisecond cases).
+    calls are timed together and divided (for sub-millisecond cases). ``prime`` untimed
+    calls of the same case come right before each timed block, so that a case starts with
+    its library's threads awake, as in a loop of its own.
     """
     live: dict[str, Callable[[], object]] = {}
     for name, fn in cases.items():
@@ -70,6 +72,12 @@ def interleaved(cases: dict[str, Callable[[], object]], reps: int, warmup: int =
         for r in range(reps):
             for name in order.sample(names, len(names)):
                 fn = live[name]
+                # a library's threads that slept through its predecessor (or the collector
+                # below) take ~1 ms to wake on these machines: charged to whichever case came
+                # first, that skewed paired ratios of small or few cases (4096x1 losses read
+                # 2x where steady calls differ by 1.2x)
+                for _ in range(prime):
+                    fn()
                 t0 = time.perf_counter()
                 for _ in range(inner):
                     fn()
