@@ -18,7 +18,7 @@ from fluxtrain._backend import fast
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 pytest.importorskip("numba")
-from fluxtrain._backend import fast_jax_ffi  # noqa: E402
+from fluxtrain._backend import fast_jax, fast_jax_ffi, fast_jax_tree  # noqa: E402
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU custom call")
 
@@ -32,22 +32,26 @@ def small_groups_too(monkeypatch):
 
 
 class _Calls(list):
-    """The kernels of the custom calls that ran; ``flat``: whether each took flat states."""
+    """The kernels of the custom calls that ran; ``flat``: whether each took flat states;
+    ``arrays``: how many parameter arrays each stepped."""
 
     def __init__(self) -> None:
         super().__init__()
         self.flat: list = []
+        self.arrays: list = []
 
 
 @pytest.fixture
 def calls(monkeypatch):
-    """The kernels of the custom calls that ran (each step of a group is one)."""
+    """The kernels of the custom calls that ran (a group's step is one, or a few for many arrays)."""
     seen = _Calls()
     real = fast_jax_ffi._step
 
     def counting(frame, kind, flat):
         seen.append(kind)
         seen.flat.append(flat)
+        n, ns = frame.args.size, fast_jax_ffi._NSTATE[kind]
+        seen.arrays.append((n - 2 - ns) // 2 if flat else (n - 1) // (2 + ns))
         return real(frame, kind, flat)
     monkeypatch.setattr(fast_jax_ffi, "_step", counting)
     return seen
@@ -430,3 +434,28 @@ def test_a_model_replaced_every_step_stays_per_array(calls):
     assert calls.flat == [True] + [False] * 4
     _close(m1, m2, "float32")
     _close(_states(s1), _states(s2), "float32")
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_a_group_in_calls_of_few_aliased_buffers(name, calls, monkeypatch):
+    """A group's step is split into calls of at most MAX_ALIASED aliased buffers each (XLA's
+    compile time grows faster than linearly in them), flat steps (each call writing its
+    arrays' part of the flat states) and per-array steps alike; every step equals the
+    generic path's."""
+    monkeypatch.setattr(fast_jax_ffi, "MAX_ALIASED", 4)
+    for mod, table in ((fast_jax, "_PLANS"), (fast_jax, "_LAST"), (fast_jax_tree, "_ROUTES")):
+        monkeypatch.setattr(mod, table, {})  # programs traced by other tests: traced again
+    rule, kind = RULES[name]
+    ns = fast_jax_ffi._NSTATE[kind]
+
+    def replace(t, state, model):  # from step 2 on the steps cannot chain: per array
+        return state, [x + 0 for x in model] if t >= 1 else model
+    s1, m1, _ = _flat_run(rule, 4, between=replace)
+    s2, m2, _ = _flat_run(rule, 4, disabled=True, between=replace)
+    _close(m1, m2, "float32")
+    _close(_states(s1), _states(s2), "float32")
+    flat = [k for k, f in zip(calls.arrays, calls.flat) if f]
+    per_array = [k for k, f in zip(calls.arrays, calls.flat) if not f]
+    assert calls.flat[:len(flat)] == [True] * len(flat)  # steps 0 and 1 flat, then per array
+    assert max(flat) + ns <= 4 and max(per_array) * (1 + ns) <= 4
+    assert sum(flat) == 2 * len(FLAT_SHAPES) and len(flat) > 2 and len(per_array) > 2

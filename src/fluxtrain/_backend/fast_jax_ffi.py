@@ -36,7 +36,7 @@ from ..optimise import Adam, AdamW, ClipNorm, Lion, Momentum, OptimiserChain, We
 from . import fast_numpy
 from .fast_scheduler import AtStep
 
-_F32, _F64 = 11, 12  # XLA_FFI_DataType
+_S32, _F32, _F64 = 4, 11, 12  # XLA_FFI_DataType
 _EXECUTE = 3  # XLA_FFI_ExecutionStage
 _METADATA = 1  # XLA_FFI_Extension_Type
 
@@ -153,22 +153,27 @@ _W = len(_COLS)
 
 def _step(frame, kind: str, flat: bool) -> None:
     """Arguments: ``x``, ``g``, then the state arrays (``m``, ``v`` for Adam's kind, ``s`` or
-    ``v`` for the others), K of each, or with ``flat`` one array per state holding all K
-    arrays' states one after the other, then ``S`` (K x ``_W``, see ``_COLS``); results
-    ``x`` and the state arrays, each aliased to its argument."""
+    ``v`` for the others), K of each, then ``S`` (K x ``_W``, see ``_COLS``); results ``x``
+    and the state arrays, each aliased to its argument. With ``flat``, one array per state
+    holds every array's states one after the other, of which these K arrays' start at the
+    element given by a last, int32 argument; the results are ``x`` and the flat arrays."""
     buffers = _readers()
     n, ns = frame.args.size, _NSTATE[kind]
-    k = (n - 1 - ns) // 2 if flat else (n - 1) // (2 + ns)
+    k = (n - 2 - ns) // 2 if flat else (n - 1) // (2 + ns)
     name = (TARGETS_FLAT if flat else TARGETS)[kind]
     dt, data, sizes = buffers(np.ctypeslib.as_array(frame.args.items, shape=(n,)))
     # what the kernels will write through these addresses must be what they are
     if flat:
-        shaped = n == 2 * k + ns + 1 and np.array_equal(sizes[:k], sizes[k:2 * k]) and all(
-            sizes[2 * k + q] == sizes[:k].sum() for q in range(ns))
+        start = int(np.ctypeslib.as_array(ctypes.cast(int(data[n - 1]), ctypes.POINTER(ctypes.c_int32)),
+                                          shape=(1,))[0]) if dt[n - 1] == _S32 and sizes[n - 1] == 1 else -1
+        end = start + sizes[:k].sum()
+        shaped = n == 2 * k + ns + 2 and start >= 0 and np.array_equal(sizes[:k], sizes[k:2 * k]) and all(
+            sizes[2 * k + q] >= end for q in range(ns))
+        n -= 1  # (the rest reads as without flat)
     else:
         shaped = n == (2 + ns) * k + 1 and all(
             np.array_equal(sizes[:k], sizes[j * k:(j + 1) * k]) for j in range(1, 2 + ns))
-    if not shaped or dt[0] not in (_F32, _F64) or not (dt == dt[0]).all() or sizes[n - 1] != _W * k:
+    if not shaped or dt[0] not in (_F32, _F64) or not (dt[:n] == dt[0]).all() or sizes[n - 1] != _W * k:
         raise TypeError(f"{name}: unexpected arguments (dtypes, sizes or count)")
     f = np.float32 if dt[0] == _F32 else np.float64
     _, out, _ = buffers(np.ctypeslib.as_array(frame.rets.items, shape=(frame.rets.size,)))
@@ -177,7 +182,7 @@ def _step(frame, kind: str, flat: bool) -> None:
     if not (np.array_equal(out[:k], data[:k]) and np.array_equal(out[k:], data[2 * k:n - 1])):
         raise RuntimeError(f"{name}: results not aliased to their arguments")
     if flat:  # each array's state starts where the previous arrays' end
-        offsets = (np.cumsum(sizes[:k]) - sizes[:k]) * _ITEMSIZE[dt[0]]
+        offsets = (start + np.cumsum(sizes[:k]) - sizes[:k]) * _ITEMSIZE[dt[0]]
         P = np.stack([data[:k], data[k:2 * k]] + [data[2 * k + q] + offsets for q in range(ns)], axis=1)
     else:
         P = data[:n - 1].reshape(2 + ns, k).T.copy()
@@ -347,10 +352,29 @@ def _table(kind: str, parts: list, bases: list, xs: list, gs: list, dtype):
     return jnp.stack(cols, axis=1)
 
 
+MAX_ALIASED = 1024
+"""Aliased buffers per call (each parameter, and each per-array state or each flat state);
+a group with more takes several calls, one after the other. XLA's compile time grows
+faster than linearly in them: Adam's per-array step on 1,000 arrays (3,000 aliased
+buffers) compiled in ~38 s in one call and in ~7 s in three (~11 s for XLA's own program),
+while each more call costs ~0.5 ms a step (1.04x at 1,000 arrays, 10 M floats). A flat
+step of up to 1,022 arrays stays one call."""
+
+
+def _call(target: str, xs: list, gs: list, states: list, *rest):
+    """Traced: the call of ``target`` on these arguments, ``xs`` and ``states`` written in
+    place (each aliased to its result); returns the new ``xs`` then the new ``states``."""
+    k = len(xs)
+    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (*xs, *states)]
+    aliases = {**{i: i for i in range(k)}, **{2 * k + i: k + i for i in range(len(states))}}
+    return list(jax.ffi.ffi_call(target, shapes, input_output_aliases=aliases)(*xs, *gs, *states, *rest))
+
+
 def step(rules: list, states: list, new_states: list, xs: list, gs: list, flat: list | None = None):
     """Traced: ``(new_xs, new_states, extra)`` after the step of each array ``xs[i]`` with
     its rule ``rules[i]`` (hyper-parameters traced or not; a pre-checked ClipNorm's norm
-    already in it) from ``states[i]``, by one custom call; ``new_states`` are the rules'
+    already in it) from ``states[i]``, by one custom call (a few, one after the other, for
+    more than ``MAX_ALIASED`` aliased buffers); ``new_states`` are the rules'
     own (traced) new states, whose arrays the call's replace. None when the states are not
     the kernel's (then the rules' own step stands).
 
@@ -376,13 +400,29 @@ def step(rules: list, states: list, new_states: list, xs: list, gs: list, flat: 
     S = _table(kind, parts, bases, xs, gs, dtype)
     k = len(xs)
     ins = [[a[q] for a in arrs] for q in range(ns)]
-    state_args = flat if flat is not None else [a for row in ins for a in row]
-    shapes = [jax.ShapeDtypeStruct(a.shape, dtype) for a in (*xs, *state_args)]
-    aliases = {**{i: i for i in range(k)}, **{2 * k + i: k + i for i in range(len(state_args))}}
-    target = (TARGETS if flat is None else TARGETS_FLAT)[kind]
-    out = jax.ffi.ffi_call(target, shapes, input_output_aliases=aliases)(*xs, *gs, *state_args, S)
-    new_xs = list(out[:k])
-    news = ins if flat is not None else [list(out[k * (1 + q):k * (2 + q)]) for q in range(ns)]
+    # calls of at most MAX_ALIASED aliased buffers each
+    new_xs = []
+    if flat is not None:
+        total = sum(x.size for x in xs)
+        n = max(1, MAX_ALIASED - ns) if total < 2**31 else k  # (the start is an int32)
+        start = 0
+        for a in range(0, k, n):
+            b = min(a + n, k)
+            out = _call(TARGETS_FLAT[kind], xs[a:b], gs[a:b], flat, S[a:b], np.int32(start))
+            new_xs += out[:b - a]
+            flat = out[b - a:]  # the next call writes the same flat arrays, further on
+            start += sum(x.size for x in xs[a:b])
+        news, extra = ins, flat
+    else:
+        news = [[] for _ in range(ns)]
+        n = max(1, MAX_ALIASED // (1 + ns))
+        for a in range(0, k, n):
+            b = min(a + n, k)
+            out = _call(TARGETS[kind], xs[a:b], gs[a:b], [x for row in ins for x in row[a:b]], S[a:b])
+            new_xs += out[:b - a]
+            for q in range(ns):
+                news[q] += out[(b - a) * (1 + q):(b - a) * (2 + q)]
+        extra = (ins, news)
     result = []
     for i, (r, st) in enumerate(zip(rules, new_states)):
         if kind == "adam":
@@ -390,4 +430,4 @@ def step(rules: list, states: list, new_states: list, xs: list, gs: list, flat: 
         else:
             new = news[0][i]
         result.append(_with_base(r, st, new))
-    return new_xs, result, (list(out[k:]) if flat is not None else (ins, news))
+    return new_xs, result, extra
