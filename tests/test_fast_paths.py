@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -791,3 +794,27 @@ def test_strided_gradients_of_a_group_stay_alive(lib):
                 np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
             else:
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+_CACHED = """
+import numpy as np, fluxtrain as ft
+from fluxtrain._backend import fast_numpy
+x = [np.ones(300_000, np.float32)]
+state = ft.setup(ft.OptimiserChain(ft.ClipNorm(1.0), ft.Adam()), x)
+ft.update_(state, x, [np.ones(300_000, np.float32)])
+stats = [fast_numpy.kernels()[k].stats for k in ("adam", "sumsq")]
+print(sum(len(s.cache_hits) for s in stats), sum(len(s.cache_misses) for s in stats))
+"""
+
+
+def test_kernels_compiled_once_for_all_processes(tmp_path):
+    """numba's on-disk cache keys a function by its closure's contents too, and a closure
+    holding a jitted function pickles differently in every process: kernels built inside a
+    function were compiled again by every process (~1 s) and added to the cache each
+    time. A second process loads them."""
+    pytest.importorskip("numba")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", _CACHED], env=env, capture_output=True, text=True, check=True)
+            for _ in range(2)]
+    (hits1, misses1), (hits2, misses2) = (map(int, r.stdout.split()) for r in runs)
+    assert misses1 == 2 and hits1 == 0
+    assert hits2 == 2 and misses2 == 0

@@ -95,46 +95,12 @@ _STATE: dict[str, Any] = {}  # the registered handler (kept alive) and the compi
 
 
 def _readers():
-    """The compiled ``buffers(addrs) -> (dtypes, data, sizes)`` of the ``XLA_FFI_Buffer`` structs at
-    ``addrs`` (``{size_t, ext*, int dtype, void* data, int64 rank, int64* dims}``)."""
+    """The compiled ``buffers(addrs) -> (dtypes, data, sizes)`` of the ``XLA_FFI_Buffer``
+    structs at ``addrs`` (``numba_kernels.buffers``)."""
     r = _STATE.get("readers")
-    if r is not None:
-        return r
-    import numba
-    from numba import types
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def at(typingctx, addr, like):
-        # a pointer to `like`'s type at integer address `addr` (for numba.carray)
-        if not isinstance(addr, types.Integer):
-            return None
-        sig = types.CPointer(like)(addr, like)
-
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-        return sig, codegen
-
-    @numba.njit(cache=True, nogil=True)
-    def buffers(addrs):
-        n = addrs.size
-        dt = np.empty(n, np.int64)
-        data = np.empty(n, np.int64)
-        sizes = np.empty(n, np.int64)
-        for i in range(n):
-            a = np.int64(addrs[i])
-            dt[i] = numba.carray(at(a + 16, np.int32(0)), 1)[0]
-            data[i] = numba.carray(at(a + 24, np.int64(0)), 1)[0]
-            rank = numba.carray(at(a + 32, np.int64(0)), 1)[0]
-            s = 1
-            if rank > 0:  # (a 0-d buffer's dims may be a null pointer)
-                dims = numba.carray(at(numba.carray(at(a + 40, np.int64(0)), 1)[0], np.int64(0)), rank)
-                for k in range(rank):
-                    s *= dims[k]
-            sizes[i] = s
-        return dt, data, sizes
-
-    r = _STATE["readers"] = buffers
+    if r is None:
+        from .numba_kernels import buffers as r  # (imports numba)
+        _STATE["readers"] = r
     return r
 
 
