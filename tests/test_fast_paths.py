@@ -681,13 +681,69 @@ def test_torch_loss_hooks_are_used(monkeypatch):
     calls = []
     for name in ("logitcrossentropy", "logitbinarycrossentropy"):
         orig = fast._REGISTRY[(name, "torch")]
-        monkeypatch.setitem(fast._REGISTRY, (name, "torch"),
-                            lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
+        hook = (lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
+        monkeypatch.setitem(fast._REGISTRY, (name, "torch"), hook)
+        monkeypatch.setitem(fast._DIRECT, (name, torch.Tensor), hook)
     x, y = torch.zeros((2, 3)), torch.full((2, 3), 1 / 3)
     assert abs(float(ft.logitcrossentropy(x, y)) - np.log(3)) < 1e-6
     assert abs(float(ft.logitbinarycrossentropy(x, y)) - np.log(2)) < 1e-6
     assert calls == ["logitcrossentropy", "logitbinarycrossentropy"]
     assert fast_torch is not None
+
+
+def test_torch_losses_take_raw_arguments_directly(monkeypatch):
+    """With torch logits, the loss first offers its raw arguments to the kernel, which
+    checks them itself (its argument preparation costs more than the kernel's checks at
+    small sizes); anything the kernel does not take (a target to convert, another axis,
+    agg or dtype, a NaN result) goes the usual way, with its results and errors."""
+    torch = pytest.importorskip("torch")
+    from fluxtrain.losses import classification
+    ft.logitcrossentropy(torch.zeros((1, 2)), torch.ones((1, 2)))  # (the torch kernels loaded)
+    prepared = []
+    orig = classification.prepare
+    monkeypatch.setattr(classification, "prepare", lambda *a, **k: prepared.append(1) or orig(*a, **k))
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((6, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, 6)
+    onehot = np.eye(3, dtype=np.float32)[labels]
+    x = torch.from_numpy(logits)
+    bits = torch.from_numpy((rng.random((6, 3)) < 0.5).astype(np.float32))
+
+    def generic(loss, *args, **kw):
+        with fast.disabled():
+            return loss(*args, **kw)
+    taken = [(ft.logitcrossentropy, (x, torch.from_numpy(onehot)), {}),
+             (ft.logitcrossentropy, (x, torch.from_numpy(onehot).bool()), {"agg": "sum"}),
+             (ft.logitcrossentropy, (x, torch.from_numpy(onehot)), {"axis": 1}),
+             (ft.logitbinarycrossentropy, (x, bits), {"agg": "sum"})]
+    for loss, args, kw in taken:
+        prepared.clear()
+        out = loss(*args, **kw)
+        assert prepared == []
+        np.testing.assert_allclose(out.item(), generic(loss, *args, **kw).item(), rtol=1e-6)
+    usual = [(ft.logitcrossentropy, (x, onehot.tolist()), {}),  # a list target, converted
+             (ft.logitcrossentropy, (x, torch.from_numpy(onehot).long()), {}),  # an integer one
+             (ft.logitcrossentropy, (x, torch.from_numpy(onehot).double()), {}),  # another dtype
+             (ft.logitcrossentropy, (x, torch.from_numpy(onehot)), {"agg": "none"}),
+             (ft.logitcrossentropy, (x, torch.from_numpy(onehot)), {"axis": 0}),
+             (ft.logitcrossentropy, (x, torch.from_numpy(onehot)), {"agg": lambda v: v.max()}),
+             (ft.logitbinarycrossentropy, (x, bits.tolist()), {}),
+             (ft.logitbinarycrossentropy, (x, 1.0), {})]
+    for loss, args, kw in usual:
+        prepared.clear()
+        out = loss(*args, **kw)
+        assert prepared == [1]
+        np.testing.assert_allclose(out.detach().numpy(), generic(loss, *args, **kw).detach().numpy(), rtol=1e-6)
+    inf = x.clone()
+    inf[0, 0] = float("inf")  # NaN from torch's kernel: the generic formula (NNlib's) decides
+    for loss, y in ((ft.logitcrossentropy, torch.from_numpy(onehot)), (ft.logitbinarycrossentropy, bits)):
+        np.testing.assert_equal(loss(inf, y).item(), generic(loss, inf, y).item())
+    with pytest.raises(ValueError, match="agg must be"):
+        ft.logitcrossentropy(x, torch.from_numpy(onehot), agg="avg")
+    with pytest.raises(TypeError, match="axis must be"):
+        ft.logitcrossentropy(x, torch.from_numpy(onehot), axis=True)
+    with pytest.raises(ft.DimensionMismatch):
+        ft.logitbinarycrossentropy(x, bits[:, :2])
 
 
 @pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")

@@ -495,8 +495,9 @@ _register()
 
 # ------------------------------------------------------------------------- losses
 
+@fast.register_direct("logitcrossentropy", torch.Tensor)
 @fast.register("logitcrossentropy", "torch")
-def logitcrossentropy_torch(yhat, y, axis, agg, ybool=False):
+def logitcrossentropy_torch(yhat, y, axis, agg, ybool=None):
     """Flux's ``logitcrossentropy`` as one ``F.cross_entropy`` call (probability targets:
     ``-sum(y * log_softmax(ŷ), class axis)``, then mean or sum over samples), forward and
     backward in torch's fused kernels. For ``ŷ`` and ``y`` already prepared by the loss.
@@ -509,12 +510,15 @@ def logitcrossentropy_torch(yhat, y, axis, agg, ybool=False):
     Returns None (use the generic formula) unless: 2-D, class axis last, a target of ŷ's
     float dtype or a one-hot bool one, ``agg`` "mean" or "sum", and a result that is not NaN
     (NaN cases, e.g. infinite logits, or a float 0 target times a -Inf log-probability, are
-    redone by the generic path, which follows NNlib exactly).
+    redone by the generic path, which follows NNlib exactly). Also the loss's direct kernel
+    (``ybool`` None: its raw arguments, see ``fast.register_direct``).
     """
     if (not isinstance(y, torch.Tensor) or yhat.ndim != 2 or y.shape != yhat.shape
-            or axis not in (-1, 1) or not yhat.dtype.is_floating_point
-            or agg not in ("mean", "sum") or yhat.shape[0] == 0):
+            or type(axis) is not int or axis not in (-1, 1) or not yhat.dtype.is_floating_point
+            or type(agg) is not str or agg not in ("mean", "sum") or yhat.shape[0] == 0):
         return None
+    if ybool is None:
+        ybool = y.dtype == torch.bool
     ok = None
     if ybool:
         lab = _labels(y)
@@ -557,14 +561,16 @@ def _labels(y: torch.Tensor, via_numpy: bool | None = None) -> tuple[torch.Tenso
     return idx, (y.sum() == n) & y.gather(1, idx[:, None]).all()
 
 
+@fast.register_direct("logitbinarycrossentropy", torch.Tensor)
 @fast.register("logitbinarycrossentropy", "torch")
 def logitbinarycrossentropy_torch(yhat, y, agg):
     """Flux's ``logitbinarycrossentropy`` (``(1 - y)*ŷ - logσ(ŷ)``, then mean or sum) as one
     ``F.binary_cross_entropy_with_logits`` call, which computes the same stable formula.
     None (generic path) unless ``y`` is a tensor of ŷ's shape and float dtype, ``agg`` is
-    "mean" or "sum", and the result is not NaN."""
+    "mean" or "sum", and the result is not NaN. Also the loss's direct kernel."""
     if (not isinstance(y, torch.Tensor) or y.shape != yhat.shape or y.dtype != yhat.dtype
-            or not yhat.dtype.is_floating_point or agg not in ("mean", "sum") or yhat.numel() == 0):
+            or not yhat.dtype.is_floating_point or type(agg) is not str or agg not in ("mean", "sum")
+            or yhat.numel() == 0):
         return None
     out = F.binary_cross_entropy_with_logits(yhat, y, reduction=agg)
     if math.isnan(out.item()):
