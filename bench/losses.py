@@ -113,7 +113,8 @@ def run(shapes: list[tuple[int, int]], reps: int, libs: list[str]) -> str:
             if "jax" in libs:
                 cases.update(_jax_cases(kind, *data))
             inner = 1 if n * c >= 10**6 else 10
-            res = interleaved(cases, reps=reps, warmup=3, inner=inner)
+            # (a few ms a repetition: more of them, as the ratios are within tens of %)
+            res = interleaved(cases, reps=max(reps, 21), warmup=3, inner=inner)
             res_by_shape[(n, c)] = res
             for k in res:
                 if k not in cols:
