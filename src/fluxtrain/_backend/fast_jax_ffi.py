@@ -164,8 +164,24 @@ def _step(frame, kind: str, flat: bool) -> None:
 
 def _kernel_row(kind: str, row: list, f) -> tuple:
     """The kernel's scalar row for one row of ``S`` (less its scale): the rule it describes,
-    analysed by ``fast_numpy`` as for NumPy's arrays, so both paths share one recipe."""
-    eta, b1, b2, eps, lam, mode, decay, has_decay, has_clip, p1, p2 = row
+    analysed by ``fast_numpy`` as for NumPy's arrays, so both paths share one recipe. The
+    analysis is remembered per rule (the row less Adam's running products, which change
+    every step): ~0.2 ms a call."""
+    key = (kind, f, *row[:-2])
+    hit = _RECIPES.get(key)
+    if hit is None:
+        hit = _RECIPES[key] = _recipe_of(kind, row, f)
+        if len(_RECIPES) > 64:
+            _RECIPES.clear()
+    sc, wd, has_clip, has_decay = hit
+    return fast_numpy.kernel_row(kind, sc, row[-2], row[-1], wd, has_clip, has_decay)
+
+
+_RECIPES: dict[tuple, tuple] = {}
+
+
+def _recipe_of(kind: str, row: list, f) -> tuple:
+    eta, b1, b2, eps, lam, mode, decay, has_decay, has_clip = row[:-2]
     if kind == "adam":  # (the inverse of fast_numpy.adam_mode)
         base = Adam(eta, (b1, b2), eps) if mode == 0 else AdamW(eta, (b1, b2), lam, eps, couple=mode == 1)
     elif kind == "momentum":
@@ -174,7 +190,7 @@ def _kernel_row(kind: str, row: list, f) -> tuple:
         base = Lion(eta, (b1, b2))
     pre = [ClipNorm()] * bool(has_clip) + [WeightDecay(decay)] * bool(has_decay)
     _, sc, _, wd, _, _ = fast_numpy._recipe(OptimiserChain(*pre, base) if pre else base, f)
-    return fast_numpy.kernel_row(kind, sc, p1, p2, wd, bool(has_clip), bool(has_decay))
+    return sc, wd, bool(has_clip), bool(has_decay)
 
 
 def _handler(kind: str, flat: bool):
