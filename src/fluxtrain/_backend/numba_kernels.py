@@ -66,13 +66,20 @@ def pre(gi, xi, clip, has_clip, wd, has_wd):
 # Each `*_chunk` updates elements lo:hi of one array; scalars come per array from a
 # small table of distinct rows U (floats, in the arrays' dtype) and I (flags).
 @inline
-def adam_chunk(c, P, CH, R, U, I, C):
-    j, z = CH[c, 0], U[0, 0]
+def head(c, P, CH, R, I, C, z):
+    # chunk c's pieces of its array's x and g, the array's row of scalars, clip scale and flags
+    j = CH[c, 0]
     r = R[j]
-    x, g, m, v = piece(P, CH, c, 0, z), piece(P, CH, c, 1, z), piece(P, CH, c, 2, z), piece(P, CH, c, 3, z)
+    return piece(P, CH, c, 0, z), piece(P, CH, c, 1, z), r, C[j], I[r, 0] != 0, I[r, 1] != 0
+
+
+@inline
+def adam_chunk(c, P, CH, R, U, I, C):
+    z = U[0, 0]
+    x, g, r, clip, has_clip, has_wd = head(c, P, CH, R, I, C, z)
+    m, v = piece(P, CH, c, 2, z), piece(P, CH, c, 3, z)
     b1, omb1, b2, omb2, bc1, bc2 = U[r, 0], U[r, 1], U[r, 2], U[r, 3], U[r, 4], U[r, 5]
-    eps, eta, lam, wd, clip = U[r, 6], U[r, 7], U[r, 8], U[r, 9], C[j]
-    has_clip, has_wd, mode = I[r, 0] != 0, I[r, 1] != 0, I[r, 2]
+    eps, eta, lam, wd, mode = U[r, 6], U[r, 7], U[r, 8], U[r, 9], I[r, 2]
     for i in range(x.size):
         xi = x[i]
         gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
@@ -92,26 +99,23 @@ def adam_chunk(c, P, CH, R, U, I, C):
 
 @inline
 def momentum_chunk(c, P, CH, R, U, I, C):
-    j, z = CH[c, 0], U[0, 0]
-    r = R[j]
-    x, g, v = piece(P, CH, c, 0, z), piece(P, CH, c, 1, z), piece(P, CH, c, 2, z)
-    rho, eta, wd, clip = U[r, 0], U[r, 1], U[r, 2], C[j]
-    has_clip, has_wd = I[r, 0] != 0, I[r, 1] != 0
+    z = U[0, 0]
+    x, g, r, clip, has_clip, has_wd = head(c, P, CH, R, I, C, z)
+    v = piece(P, CH, c, 2, z)
+    rho, eta, wd = U[r, 0], U[r, 1], U[r, 2]
     for i in range(x.size):
         xi = x[i]
-        gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
-        vi = rho * v[i] + eta * gi
+        vi = rho * v[i] + eta * pre(g[i], xi, clip, has_clip, wd, has_wd)
         v[i] = vi
         x[i] = xi - vi
 
 
 @inline
 def lion_chunk(c, P, CH, R, U, I, C):
-    j, z = CH[c, 0], U[0, 0]
-    r = R[j]
-    x, g, s = piece(P, CH, c, 0, z), piece(P, CH, c, 1, z), piece(P, CH, c, 2, z)
-    b1, b2, omb2, b2mb1, eta, wd, clip = U[r, 0], U[r, 1], U[r, 2], U[r, 3], U[r, 4], U[r, 5], C[j]
-    has_clip, has_wd = I[r, 0] != 0, I[r, 1] != 0
+    z = U[0, 0]
+    x, g, r, clip, has_clip, has_wd = head(c, P, CH, R, I, C, z)
+    s = piece(P, CH, c, 2, z)
+    b1, b2, omb2, b2mb1, eta, wd = U[r, 0], U[r, 1], U[r, 2], U[r, 3], U[r, 4], U[r, 5]
     for i in range(x.size):
         xi = x[i]
         gi = pre(g[i], xi, clip, has_clip, wd, has_wd)
