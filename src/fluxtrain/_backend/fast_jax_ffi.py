@@ -130,8 +130,7 @@ def _step(frame, kind: str, flat: bool) -> None:
     dt, data, sizes = buffers(np.ctypeslib.as_array(frame.args.items, shape=(n,)))
     # what the kernels will write through these addresses must be what they are
     if flat:
-        start = int(np.ctypeslib.as_array(ctypes.cast(int(data[n - 1]), ctypes.POINTER(ctypes.c_int32)),
-                                          shape=(1,))[0]) if dt[n - 1] == _S32 and sizes[n - 1] == 1 else -1
+        start = ctypes.c_int32.from_address(int(data[n - 1])).value if dt[n - 1] == _S32 and sizes[n - 1] == 1 else -1
         end = start + sizes[:k].sum()
         shaped = n == 2 * k + ns + 2 and start >= 0 and np.array_equal(sizes[:k], sizes[k:2 * k]) and all(
             sizes[2 * k + q] >= end for q in range(ns))
