@@ -91,17 +91,14 @@ class _CallFrame(ctypes.Structure):
 
 
 _HANDLER_TYPE = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.POINTER(_CallFrame))
-_STATE: dict[str, Any] = {}  # the registered handler (kept alive) and the compiled readers
+_STATE: dict[str, Any] = {}  # the registered handlers (kept alive)
 
 
 def _readers():
     """The compiled ``buffers(addrs) -> (dtypes, data, sizes)`` of the ``XLA_FFI_Buffer``
-    structs at ``addrs`` (``numba_kernels.buffers``)."""
-    r = _STATE.get("readers")
-    if r is None:
-        from .numba_kernels import buffers as r  # (imports numba)
-        _STATE["readers"] = r
-    return r
+    structs at ``addrs`` (``numba_kernels.buffers``; the first call imports numba)."""
+    from .numba_kernels import buffers
+    return buffers
 
 
 _NSTATE = {"adam": 2, "momentum": 1, "lion": 1}  # state arrays per parameter
