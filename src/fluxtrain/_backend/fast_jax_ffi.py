@@ -114,6 +114,12 @@ _COLS = ("eta", "beta1", "beta2", "epsilon", "lambda", "mode", "decay", "has_dec
 _W = len(_COLS)
 
 
+def arrays_of(n: int, ns: int, flat: bool) -> int:
+    """How many parameter arrays a call of ``n`` arguments steps, with ``ns`` states each
+    (see ``_step``)."""
+    return (n - 2 - ns) // 2 if flat else (n - 1) // (2 + ns)
+
+
 def _step(frame, kind: str, flat: bool) -> None:
     """Arguments: ``x``, ``g``, then the state arrays (``m``, ``v`` for Adam's kind, ``s`` or
     ``v`` for the others), K of each, then ``S`` (K x ``_W``, see ``_COLS``); results ``x``
@@ -122,7 +128,7 @@ def _step(frame, kind: str, flat: bool) -> None:
     element given by a last, int32 argument; the results are ``x`` and the flat arrays."""
     buffers = _readers()
     n, ns = frame.args.size, _NSTATE[kind]
-    k = (n - 2 - ns) // 2 if flat else (n - 1) // (2 + ns)
+    k = arrays_of(n, ns, flat)
     name = (TARGETS_FLAT if flat else TARGETS)[kind]
     dt, data, sizes = buffers(np.ctypeslib.as_array(frame.args.items, shape=(n,)))
     # what the kernels will write through these addresses must be what they are
