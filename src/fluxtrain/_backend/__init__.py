@@ -21,6 +21,7 @@ __all__ = [
     "namespace", "asarrays", "backend_name", "is_numpy", "is_torch", "is_jax",
     "is_array", "is_writeable", "put", "float_dtype", "eps_for",
     "is_eager", "check_domain", "to_numpy", "device_of", "placement", "is_inexact_dtype",
+    "minus",
 ]
 
 
@@ -194,6 +195,29 @@ def is_eager(*xs: Any) -> bool:
             if torch.compiler.is_compiling():
                 return False
     return True
+
+
+def minus(x: Any, delta: Any) -> Any:
+    """``x - delta``, the step's last operation, written for the compiler where that pays.
+
+    Traced by JAX, a real-float ``x - delta`` is written ``x + delta * -1``: the same bits
+    (IEEE subtraction is the addition of the negation, and ``* -1`` is exact, signed zeros
+    included), but XLA:CPU emits a fusion holding no broadcast with its older loop emitter,
+    and on 10 M float32 that ran 1.3× slower than a fusion with one (``x - g`` 3.0 ms,
+    ``x + g * -1`` 2.3 ms, donated). Momentum's ``x - v`` is such a fusion. Eager arrays
+    keep the one operation (two would be two passes); complex ones too (``* -1`` is a
+    complex product there, not exact for infinite parts).
+    """
+    if _traced_real(x):
+        return x + delta * -1
+    return x - delta
+
+
+def _traced_real(x: Any) -> bool:
+    jax = sys.modules.get("jax")
+    if jax is None or not isinstance(x, jax.core.Tracer):
+        return False
+    return bool(jax.numpy.issubdtype(x.dtype, jax.numpy.floating))
 
 
 def check_domain(bad: Any, message: str, *arrays: Any) -> None:

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import fast, fast_jax_ffi, fast_scheduler
+from . import fast, fast_jax_ffi, fast_scheduler, minus
 from ..optimise.base import Masked, Replace
 from ..schedules.scheduler import Scheduler, SchedulerState
 
@@ -61,7 +61,7 @@ def _new_x(x, delta):
         return delta.value
     if isinstance(delta, Masked):
         return jnp.where(delta.active, x - delta.delta, x)
-    return x - delta
+    return minus(x, delta)
 
 
 # Float hyper-parameters (learning rates, betas, epsilons, decays, ...) are arguments of the

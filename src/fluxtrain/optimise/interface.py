@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import _ARRAY_TYPES, device_of, is_array, is_writeable, namespace, placement, put
+from .._backend import _ARRAY_TYPES, device_of, is_array, is_writeable, minus, namespace, placement, put
 from .._backend import fast
 from .._errors import ArgumentError, DimensionMismatch
 from .base import Masked, Replace, Rule
@@ -243,7 +243,7 @@ def _new_value(x, delta):
     elif isinstance(delta, Masked):
         new = namespace(x).where(delta.active, x - delta.delta, x)
     else:
-        new = x - delta
+        new = minus(x, delta)
     return np.asarray(new) if isinstance(new, np.generic) else new  # NumPy 0-d maths gives scalars
 
 
