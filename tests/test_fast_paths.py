@@ -874,3 +874,48 @@ def test_kernels_compiled_once_for_all_processes(tmp_path):
     (hits1, misses1), (hits2, misses2) = (map(int, r.stdout.split()) for r in runs)
     assert misses1 == 2 and hits1 == 0
     assert hits2 == 2 and misses2 == 0
+
+
+def _huge_page_advice(addr: int) -> bool | None:
+    """Does the mapping holding ``addr`` carry MADV_HUGEPAGE (``hg`` in its VmFlags)? None
+    where /proc/self/smaps does not say."""
+    try:
+        text = open("/proc/self/smaps").read()
+    except OSError:
+        return None
+    start = None
+    for line in text.splitlines():
+        head = line.split(" ", 1)[0]
+        if "-" in head and ":" not in head:
+            a, b = (int(v, 16) for v in head.split("-"))
+            start = a <= addr < b
+        elif line.startswith("VmFlags:") and start:
+            return " hg" in line
+    return None
+
+
+def test_torch_large_cpu_state_asks_for_huge_pages():
+    """A rule's state for a CPU tensor of 4 MiB or more is allocated with huge-page advice
+    (fast_torch's "zeros_like"/"full_like"); its values, dtype, shape, strides and device
+    are those of zeros_like/full_like, and small tensors keep torch's own allocation."""
+    torch = pytest.importorskip("torch")
+    if not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"):
+        pytest.skip("no transparent huge pages (Linux's) to ask for")
+    big = torch.nn.Parameter(torch.randn(1200, 1000).t())  # 4.8 MB, a transposed view
+    small = torch.randn(100, 100)
+    for rule, fill in ((ft.Adam(), 0.0), (ft.AdaGrad(epsilon=0.25), 0.25)):
+        st = ft.setup(rule, {"big": big, "small": small})
+        for key, x in (("big", big), ("small", small)):
+            s = st[key].state
+            arr = s[0] if isinstance(s, tuple) else s
+            assert type(arr) is torch.Tensor and not arr.requires_grad
+            assert arr.dtype == x.dtype and arr.shape == x.shape and arr.stride() == x.stride()
+            assert torch.equal(arr, torch.full_like(x, fill).detach())
+            advised = _huge_page_advice(arr.untyped_storage().data_ptr() + 8192)
+            if advised is None:
+                pytest.skip("/proc/self/smaps is not readable")
+            assert advised is (key == "big"), key
+    from fluxtrain._backend import fast_torch
+    assert fast_torch.zeros_like_torch(torch.zeros(10)) is None
+    if torch.device("meta").type == "meta":
+        assert fast_torch.zeros_like_torch(torch.zeros(2 << 20, device="meta")) is None

@@ -47,6 +47,13 @@ group dispatch and commits as the walker does.
 Results must equal the reference loop (bit for bit where the backend allows; tests compare
 against ``with fast.disabled():``).
 
+State memory (keys ``"zeros_like"``, ``"full_like"``)
+----------------------------------------------------
+A rule's ``init`` makes its state arrays through :func:`fluxtrain.optimise.base.zeros` /
+``full``, which first ask ``kernel(x)`` / ``kernel(x, v)`` for an array of the same shape,
+dtype, strides and device, and use ``xp.zeros_like`` / ``full_like`` when it returns None.
+torch allocates large CPU state on huge pages there (:mod:`fluxtrain._backend.fast_torch`).
+
 Direct kernels (losses)
 -----------------------
 A loss kernel may also be registered by the exact type of the prediction array

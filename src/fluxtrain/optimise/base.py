@@ -31,7 +31,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from .._backend import device_of, is_array, is_eager, is_jax, namespace
+from .._backend import device_of, fast, is_array, is_eager, is_jax, namespace
 from .._errors import ArgumentError, DomainError
 
 __all__ = ["Rule", "Masked", "Replace", "caster", "eps_cast", "scalar", "zeros", "full", "tree_where"]
@@ -124,11 +124,20 @@ def scalar(x: Any, v: Any, dtype=None) -> Any:
 
 
 def zeros(x: Any) -> Any:
-    return namespace(x).zeros_like(x)
+    """Zeros like ``x``: a rule's state array (where a backend allocates state its own way,
+    as torch's large CPU tensors on huge pages, it does so here)."""
+    xp = namespace(x)
+    made = fast.lookup("zeros_like", xp)
+    out = None if made is None else made(x)
+    return xp.zeros_like(x) if out is None else out
 
 
 def full(x: Any, v: float) -> Any:
-    return namespace(x).full_like(x, v)
+    """``v`` everywhere, like ``x``: a rule's state array (see :func:`zeros`)."""
+    xp = namespace(x)
+    made = fast.lookup("full_like", xp)
+    out = None if made is None else made(x, v)
+    return xp.full_like(x, v) if out is None else out
 
 
 def tree_where(cond: Any, new: Any, old: Any) -> Any:
