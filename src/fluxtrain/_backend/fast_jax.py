@@ -781,6 +781,8 @@ def _flat_for(s: Store, gs) -> tuple:
     custom call's states flat (they are joined now, once); ``(None, None)`` otherwise."""
     if s.flat is not None:
         return s.fplan, None
+    if s.plan.flat_ok is False:  # known without the shapes (~0.4 us an array to collect)
+        return None, None
     fp = s.plan.flat_plan(tuple(x.shape for x in s.xs))
     if fp is None:
         return None, None
