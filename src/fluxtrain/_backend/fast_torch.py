@@ -25,9 +25,9 @@ in-place torch op would.
 from __future__ import annotations
 
 import itertools
-import sys
 import math
 import operator
+import sys
 import weakref
 from typing import Any
 
@@ -578,9 +578,6 @@ def logitbinarycrossentropy_torch(yhat, y, agg):
         return None
     return out
 
-from . import fast_torch_tree  # noqa: E402,F401  (registers the whole-step route for modules)
-
-
 # ------------------------------------------------------------------------- state memory
 
 # Optimiser state (moments, accumulators) of a large CPU tensor is backed by huge pages
@@ -642,3 +639,6 @@ def zeros_like_torch(x):
 def full_like_torch(x, v):
     out = _state_like(x)
     return None if out is None else out.fill_(v)
+
+
+from . import fast_torch_tree  # noqa: E402,F401  (registers the whole-step route for modules)
