@@ -578,6 +578,7 @@ def logitbinarycrossentropy_torch(yhat, y, agg):
         return None
     return out
 
+
 # ------------------------------------------------------------------------- state memory
 
 # Optimiser state (moments, accumulators) of a large CPU tensor is backed by huge pages
