@@ -381,15 +381,17 @@ class _Plan:
                 self.dups = tuple(dups)
         return self._chains
 
-    def flat_plan(self, shapes: tuple) -> "_FlatPlan | None":
-        """The program that steps this plan's store, whose arrays have these ``shapes``, with
-        the custom call's state arrays kept flat (see ``_FlatPlan``), or None where that
-        layout does not apply. Per shapes: a plan is kept per tree structure, and serves
-        models of other shapes too (``jax.jit`` traces again), whose flat layout differs."""
+    def flat_plan(self, xs: list) -> "_FlatPlan | None":
+        """The program that steps this plan's store, whose parameters are ``xs``, with the
+        custom call's state arrays kept flat (see ``_FlatPlan``), or None where that layout
+        does not apply (known without the arrays' shapes, ~0.4 us each to collect). Per
+        shapes: a plan is kept per tree structure, and serves models of other shapes too
+        (``jax.jit`` traces again), whose flat layout differs."""
         if self.flat_ok is None:
             self.flat_ok = self._flat_possible()
         if not self.flat_ok:
             return None
+        shapes = tuple(x.shape for x in xs)
         fp = self._flats.get(shapes)
         if fp is None:
             if len(self._flats) >= _PLANS_MAX:
@@ -781,9 +783,7 @@ def _flat_for(s: Store, gs) -> tuple:
     custom call's states flat (they are joined now, once); ``(None, None)`` otherwise."""
     if s.flat is not None:
         return s.fplan, None
-    if s.plan.flat_ok is False:  # known without the shapes (~0.4 us an array to collect)
-        return None, None
-    fp = s.plan.flat_plan(tuple(x.shape for x in s.xs))
+    fp = s.plan.flat_plan(s.xs)
     if fp is None:
         return None, None
     kout = s.plan.kout
@@ -810,7 +810,7 @@ def _flat_start(plan: _Plan, hyper, norms, don: list, keep: list, xs: list) -> t
             return None, None, don
     except Exception:  # noqa: BLE001 - the per-array program's own call decides, and reports
         return None, None, don
-    fp = plan.flat_plan(tuple(x.shape for x in xs))
+    fp = plan.flat_plan(xs)
     if fp is None:
         return None, None, don
     flat = [_join([don[j] for j in row]) for row in fp.kdon]
