@@ -57,7 +57,7 @@ torch allocates large CPU state on huge pages there (:mod:`fluxtrain._backend.fa
 Direct kernels (losses)
 -----------------------
 A loss kernel may also be registered by the exact type of the prediction array
-(``register_direct``): the loss then calls it on its raw arguments (``direct``) before its
+(``register_direct``): the loss then offers it its raw arguments (``direct``) before its
 own argument preparation, which costs more than a small kernel's own checks (~15 us of a
 ~170 us torch forward and backward at 4096x1). Such a kernel checks everything it relies
 on (argument types, shapes, dtypes, options) and returns None for anything else, and the
@@ -93,10 +93,13 @@ def register_direct(key: Hashable, array_type: type) -> Callable[[Callable], Cal
     return deco
 
 
-def direct(key: Hashable, array_type: type) -> Callable[..., Any] | None:
-    """The direct kernel of ``key`` for arrays of ``array_type``, or None. Registered when
-    its backend's kernels are loaded, i.e. after the first ``lookup`` for that backend."""
-    return _DIRECT.get((key, array_type)) if _ENABLED else None
+def direct(key: Hashable, yhat: Any, *args: Any) -> Any:
+    """The direct kernel of ``key`` for arrays of ``yhat``'s exact type, called on
+    ``(yhat, *args)``: its result, or None where there is no such kernel or it declines.
+    Registered when its backend's kernels are loaded, i.e. after the first ``lookup`` for
+    that backend."""
+    kernel = _DIRECT.get((key, type(yhat))) if _ENABLED else None
+    return None if kernel is None else kernel(yhat, *args)
 
 
 def _load(backend: str) -> None:

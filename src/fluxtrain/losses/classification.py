@@ -98,8 +98,7 @@ def logitcrossentropy(yhat: Any, y: Any, /, *, axis: Axis = -1, agg: Agg = "mean
     >>> print(logitcrossentropy(yhat, y))
     0.81781864
     """
-    kernel = fast.direct("logitcrossentropy", type(yhat))  # checks its raw arguments itself
-    out = kernel(yhat, y, axis, agg) if kernel is not None else None
+    out = fast.direct("logitcrossentropy", yhat, y, axis, agg)  # checks its raw arguments itself
     if out is not None:
         return out
     check_agg(agg)
@@ -148,8 +147,7 @@ def logitbinarycrossentropy(yhat: Any, y: Any, /, *, agg: Agg = "mean") -> Any:
     >>> float(logitbinarycrossentropy(np.array([0.5, -1.0, 2.0]), np.array([1, 0, 1])))
     0.3047555609137673
     """
-    kernel = fast.direct("logitbinarycrossentropy", type(yhat))  # checks its raw arguments itself
-    out = kernel(yhat, y, agg) if kernel is not None else None
+    out = fast.direct("logitbinarycrossentropy", yhat, y, agg)  # checks its raw arguments itself
     if out is not None:
         return out
     check_agg(agg)
