@@ -96,11 +96,10 @@ def _register_pytree() -> None:
     jax.tree_util.register_pytree_node(Leaf, _flatten, _unflatten)
 
 
-# Called by JAX for every Leaf of a state tree at every jitted call, in and out: written
-# without the `state` property and `__init__`'s check (~0.2 µs a Leaf each way).
+# Called by JAX for every Leaf of a state tree at every jitted call, in and out; the
+# unflatten sets the slots without `__init__` and its check.
 def _flatten(leaf: Leaf):
-    s = leaf._store
-    return ((leaf._state if s is None else s.state_of(leaf._at),), (leaf.rule, leaf.frozen, leaf.tie))
+    return ((leaf.state,), (leaf.rule, leaf.frozen, leaf.tie))
 
 
 def _unflatten(aux, children) -> Leaf:
