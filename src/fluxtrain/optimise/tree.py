@@ -93,25 +93,11 @@ def _register_pytree() -> None:
     global _PYTREE_DONE
     _PYTREE_DONE = True
     import jax
-    jax.tree_util.register_pytree_node(Leaf, _flatten, _unflatten)
-
-
-# Called by JAX for every Leaf of a state tree at every jitted call, in and out; the
-# unflatten sets the slots without `__init__` and its check.
-def _flatten(leaf: Leaf):
-    return ((leaf.state,), (leaf.rule, leaf.frozen, leaf.tie))
-
-
-def _unflatten(aux, children) -> Leaf:
-    leaf = _new_leaf(Leaf)
-    leaf.rule, leaf.frozen, leaf.tie = aux
-    leaf._state, = children
-    leaf._store = None
-    leaf._at = 0
-    return leaf
-
-
-_new_leaf = object.__new__
+    jax.tree_util.register_pytree_node(
+        Leaf,
+        lambda l: ((l.state,), (l.rule, l.frozen, l.tie)),
+        lambda aux, ch: Leaf(aux[0], ch[0], aux[1], aux[2]),
+    )
 
 
 # --------------------------------------------------------------------------------------
