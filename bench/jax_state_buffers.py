@@ -19,7 +19,6 @@ donation at 1,000 arrays"): `Leaf.state` stays Flux's, and ``update_`` is the fa
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fluxtrain as ft  # noqa: E402
 from _common import fmt_ms, interleaved, machine, md_table, ratio  # noqa: E402
+from jax_step_profile import _kernels, _rules  # noqa: E402
 
 
 def _dispatch(n: int, reps: int) -> list[list[str]]:
@@ -58,16 +58,14 @@ def _dispatch(n: int, reps: int) -> list[list[str]]:
     return [[k, fmt_ms(v), f"{(v.median - base) / n * 1e6:.2f}"] for k, v in t.items()]
 
 
-def _kernels(compiled: str, k: int) -> str:
-    entry = compiled[compiled.find("ENTRY"):]
-    fusions = len(re.findall(r" fusion\(", entry))
-    copies = len(re.findall(r" copy\(", entry))
-    return f"{fusions / k:g} + {copies / k:g}"
+def _per_array(compiled: str, k: int) -> str:
+    """Fusions + copies per array in a compiled program's entry computation."""
+    copies = compiled[compiled.find("ENTRY"):].count(" copy(")
+    return f"{_kernels(compiled) / k:g} + {copies / k:g}"
 
 
 def _step_cases(name: str, k: int, size: int, reps: int) -> list[str]:
-    rule, tx = (ft.Adam(1e-3), optax.adam(1e-3)) if name == "Adam" else \
-        (ft.Momentum(0.01, 0.9), optax.sgd(0.01, momentum=0.9))
+    rule, tx = _rules(name)
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal(size).astype(np.float32) for _ in range(k)]
     gs = [jnp.asarray(rng.standard_normal(size).astype(np.float32) * 1e-2) for _ in range(k)]
@@ -83,8 +81,8 @@ def _step_cases(name: str, k: int, size: int, reps: int) -> list[str]:
     jb = [None, [jnp.asarray(x) for x in xs]]
     jb[0] = ft.setup(rule, jb[1])
     # counted before the first donating call, while the buffers are still live
-    kernels = (_kernels(jf.lower(jb[0], jb[1], gs).compile().as_text(), k),
-               _kernels(of.lower(ob[0], ob[1], gs).compile().as_text(), k))
+    kernels = (_per_array(jf.lower(jb[0], jb[1], gs).compile().as_text(), k),
+               _per_array(of.lower(ob[0], ob[1], gs).compile().as_text(), k))
 
     def o():
         ob[0], ob[1] = of(ob[0], ob[1], gs)
